@@ -1,0 +1,151 @@
+//! Kernels on feature vectors and the median bandwidth heuristic.
+
+use faer::{Mat, Par};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::linalg::{dot_products, sq_dists_from_dots};
+use crate::{Error, Features, Result};
+
+/// A positive-definite kernel on feature vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kernel", rename_all = "kebab-case")]
+pub enum Kernel {
+    /// `k(x, y) = (γ x·y + c0)^d` (the KID kernel with `γ = 1/D`, `c0 = 1`, `d = 3`).
+    Polynomial { degree: u32, gamma: f64, coef0: f64 },
+    /// `k(x, y) = exp(−‖x − y‖² / (2σ²))`.
+    Rbf { sigma: f64 },
+}
+
+impl Kernel {
+    /// The KID polynomial kernel for dimension `dim`, with optional overrides.
+    pub fn polynomial(
+        dim: usize,
+        degree: Option<u32>,
+        gamma: Option<f64>,
+        coef0: Option<f64>,
+    ) -> Result<Self> {
+        let degree = degree.unwrap_or(3);
+        let gamma = gamma.unwrap_or(1.0 / dim as f64);
+        let coef0 = coef0.unwrap_or(1.0);
+        if degree == 0 {
+            return Err(Error::param("polynomial kernel degree must be at least 1"));
+        }
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(Error::param(format!(
+                "polynomial kernel gamma must be a positive number, got {gamma}"
+            )));
+        }
+        if !(coef0.is_finite() && coef0 >= 0.0) {
+            return Err(Error::param(format!(
+                "polynomial kernel coef0 must be a non-negative number, got {coef0}"
+            )));
+        }
+        Ok(Kernel::Polynomial {
+            degree,
+            gamma,
+            coef0,
+        })
+    }
+
+    /// The RBF kernel with bandwidth `sigma`.
+    pub fn rbf(sigma: f64) -> Result<Self> {
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(Error::param(format!(
+                "RBF bandwidth sigma must be a positive number, got {sigma}"
+            )));
+        }
+        Ok(Kernel::Rbf { sigma })
+    }
+
+    /// The kernel value from a dot product `x·y` and a squared distance `‖x − y‖²`
+    /// (each kernel uses one of them).
+    #[inline]
+    pub fn from_parts(&self, dot: f64, sq_dist: f64) -> f64 {
+        match *self {
+            Kernel::Polynomial {
+                degree,
+                gamma,
+                coef0,
+            } => (gamma * dot + coef0).powi(degree as i32),
+            Kernel::Rbf { sigma } => (-sq_dist / (2.0 * sigma * sigma)).exp(),
+        }
+    }
+
+    /// `k(x, y)` evaluated directly from the two vectors.
+    pub fn eval(&self, x: &[f64], y: &[f64]) -> f64 {
+        match *self {
+            Kernel::Polynomial { .. } => {
+                self.from_parts(x.iter().zip(y).map(|(a, b)| a * b).sum(), 0.0)
+            }
+            Kernel::Rbf { .. } => {
+                self.from_parts(0.0, x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum())
+            }
+        }
+    }
+
+    /// The kernel matrix `K[i, j] = k(a_i, b_j)` given the dot products `a·bᵀ` and the
+    /// squared row norms of both sides.
+    pub fn from_dots(&self, dots: &Mat<f64>, a_sq: &[f64], b_sq: &[f64]) -> Mat<f64> {
+        match self {
+            Kernel::Polynomial { .. } => Mat::from_fn(dots.nrows(), dots.ncols(), |i, j| {
+                self.from_parts(dots[(i, j)], 0.0)
+            }),
+            Kernel::Rbf { .. } => {
+                let d2 = sq_dists_from_dots(dots, a_sq, b_sq);
+                Mat::from_fn(d2.nrows(), d2.ncols(), |i, j| {
+                    self.from_parts(0.0, d2[(i, j)])
+                })
+            }
+        }
+    }
+
+    /// The kernel matrix between the rows of `a` and the rows of `b`.
+    pub fn cross(&self, a: &Features, b: &Features) -> Mat<f64> {
+        let dots = dot_products(a.as_mat(), b.as_mat(), Par::Seq);
+        self.from_dots(&dots, &a.sq_norms(), &b.sq_norms())
+    }
+}
+
+/// Median of the pairwise Euclidean distances between distinct rows (the mean of the two
+/// middle values when the number of pairs is even). Needs at least two rows.
+pub fn median_pairwise_distance(x: &Features) -> Result<f64> {
+    let n = x.rows();
+    if n < 2 {
+        return Err(Error::too_few(format!(
+            "the median-distance bandwidth needs at least 2 reference samples, got {n}"
+        )));
+    }
+    let mut d: Vec<f64> = (0..n)
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let xi = x.row(i);
+            (i + 1..n).map(move |j| {
+                let s: f64 = xi
+                    .iter()
+                    .zip(x.row(j))
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
+                s.sqrt()
+            })
+        })
+        .collect();
+    let len = d.len();
+    let (_, hi, _) = d.select_nth_unstable_by(len / 2, f64::total_cmp);
+    let hi = *hi;
+    let med = if len % 2 == 1 {
+        hi
+    } else {
+        let lo = d[..len / 2]
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        0.5 * (lo + hi)
+    };
+    if !(med > 0.0) {
+        return Err(Error::param(
+            "the median pairwise distance of the reference features is 0 (mostly duplicate references); pass --sigma",
+        ));
+    }
+    Ok(med)
+}
