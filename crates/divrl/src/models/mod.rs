@@ -1,0 +1,2 @@
+//! Networks. One model per file.
+pub mod unet;
