@@ -142,7 +142,7 @@ pub fn median_pairwise_distance(x: &Features) -> Result<f64> {
             .fold(f64::NEG_INFINITY, f64::max);
         0.5 * (lo + hi)
     };
-    if !(med > 0.0) {
+    if med.is_nan() || med <= 0.0 {
         return Err(Error::param(
             "the median pairwise distance of the reference features is 0 (mostly duplicate references); pass --sigma",
         ));

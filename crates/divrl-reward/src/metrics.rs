@@ -27,7 +27,7 @@ pub fn mean_and_covariance(x: &Features, what: &str) -> Result<(Vec<f64>, Mat<f6
     mu.iter_mut().for_each(|m| *m /= n as f64);
     let centred = Mat::from_fn(n, d, |i, j| x.row(i)[j] - mu[j]);
     let mut cov = Mat::<f64>::zeros(d, d);
-    faer::linalg::matmul::matmul(
+    crate::linalg::matmul_into(
         cov.as_mut(),
         faer::Accum::Replace,
         centred.transpose(),
@@ -49,7 +49,7 @@ fn sqrtm_psd(a: &Mat<f64>) -> Result<Mat<f64>> {
     let d = a.nrows();
     let scaled = Mat::from_fn(d, d, |i, j| u[(i, j)] * s[j].max(0.0).sqrt());
     let mut out = Mat::<f64>::zeros(d, d);
-    faer::linalg::matmul::matmul(
+    crate::linalg::matmul_into(
         out.as_mut(),
         faer::Accum::Replace,
         scaled.as_ref(),
@@ -95,7 +95,7 @@ pub fn frechet_distance(
     let diff: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b) * (a - b)).sum();
     let root1 = sqrtm_psd(sigma1)?;
     let mut tmp = Mat::<f64>::zeros(d, d);
-    faer::linalg::matmul::matmul(
+    crate::linalg::matmul_into(
         tmp.as_mut(),
         faer::Accum::Replace,
         root1.as_ref(),
@@ -104,7 +104,7 @@ pub fn frechet_distance(
         Par::rayon(0),
     );
     let mut inner = Mat::<f64>::zeros(d, d);
-    faer::linalg::matmul::matmul(
+    crate::linalg::matmul_into(
         inner.as_mut(),
         faer::Accum::Replace,
         tmp.as_ref(),
@@ -246,10 +246,10 @@ pub fn prdc(generated: &Features, real: &Features, k: usize) -> Result<Prdc> {
     for p in &partials {
         recall += p.recall;
         coverage += p.coverage;
-        for j in 0..m {
-            in_ball[j] |= p.gen_in_real_ball[j];
-            density_total += u64::from(p.density_count[j]);
+        for (flag, &hit) in in_ball.iter_mut().zip(&p.gen_in_real_ball) {
+            *flag |= hit;
         }
+        density_total += p.density_count.iter().map(|&c| u64::from(c)).sum::<u64>();
     }
     Ok(Prdc {
         precision: in_ball.iter().filter(|&&b| b).count() as f64 / m as f64,

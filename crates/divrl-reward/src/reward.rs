@@ -1,13 +1,13 @@
 //! The Diversity Rewards of a generated set against a cached reference set, and the
 //! per-image marginal-utility rewards `r(X_g) − r(X_g \ {x_m})` in closed form.
 
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::{median_pairwise_distance, Kernel};
 use crate::linalg::{
-    cholesky, dot_products, logdet_and_inverse_diag, logdet_from_cholesky, solve_lower_in_place,
+    cholesky, dot_products, logdet_and_inverse_diag, logdet_from_cholesky, matmul_into,
+    solve_lower_in_place,
 };
 use crate::{Error, Features, Result};
 
@@ -347,16 +347,25 @@ impl DiversityReward {
 
     /// The statistics of one set.
     pub(crate) fn stats(&self, generated: &Features) -> Result<SetStats> {
-        let mut v = self.stats_batch(generated, generated.rows())?;
+        let mut v = self.stats_batch(generated, 0, 1, generated.rows())?;
         Ok(v.pop().expect("one set"))
     }
 
-    /// The statistics of consecutive sets of `per_set` rows each, computing the
-    /// set-against-reference products for all of them in one matrix product.
-    pub(crate) fn stats_batch(&self, sets: &Features, per_set: usize) -> Result<Vec<SetStats>> {
-        let count = sets.rows() / per_set;
-        let g_sq = sets.sq_norms();
-        let dots_gr = dot_products(sets.as_mat(), self.reference.as_mat(), Par::Seq);
+    /// The statistics of `count` consecutive sets of `per_set` rows each, starting at row
+    /// `first_row` of `sets`, computing the set-against-reference products for all of them
+    /// in one matrix product.
+    pub(crate) fn stats_batch(
+        &self,
+        sets: &Features,
+        first_row: usize,
+        count: usize,
+        per_set: usize,
+    ) -> Result<Vec<SetStats>> {
+        let block = sets.as_mat().subrows(first_row, count * per_set);
+        let g_sq: Vec<f64> = (first_row..first_row + count * per_set)
+            .map(|i| sets.row(i).iter().map(|v| v * v).sum())
+            .collect();
+        let dots_gr = dot_products(block, self.reference.as_mat(), Par::Seq);
         let kernel_gr = self
             .kernel
             .map(|k| k.from_dots(&dots_gr, &g_sq, &self.ref_sq));
@@ -372,7 +381,7 @@ impl DiversityReward {
         let mut out = Vec::with_capacity(count);
         for s in 0..count {
             let r0 = s * per_set;
-            let rows = sets.as_mat().subrows(r0, per_set);
+            let rows = block.subrows(r0, per_set);
             let dots_gg = dot_products(rows, rows, Par::Seq);
             let sq = &g_sq[r0..r0 + per_set];
             out.push(match self.kind {
@@ -395,7 +404,7 @@ impl DiversityReward {
                     }
                     let w_s = w.as_ref().expect("gp-mi solve").subcols(r0, per_set);
                     let mut s_mat = a.clone();
-                    matmul(
+                    matmul_into(
                         s_mat.as_mut(),
                         Accum::Add,
                         w_s.transpose(),

@@ -120,8 +120,7 @@ pub fn select_sets(
         .map(|c| {
             let s0 = c * chunk;
             let s1 = ((c + 1) * chunk).min(sets);
-            let block = candidates.slice_rows(s0 * per_set, s1 * per_set);
-            let stats = reward.stats_batch(&block, per_set)?;
+            let stats = reward.stats_batch(candidates, s0 * per_set, s1 - s0, per_set)?;
             stats
                 .iter()
                 .map(|st| select_in(reward, st, per_set, size, criterion, method))
@@ -156,8 +155,8 @@ pub fn select_sets_each(
         .par_iter()
         .enumerate()
         .map(|(s, reward)| {
-            let block = candidates.slice_rows(s * per_set, (s + 1) * per_set);
-            let stats = reward.stats(&block)?;
+            let mut stats = reward.stats_batch(candidates, s * per_set, 1, per_set)?;
+            let stats = stats.pop().expect("one set");
             select_in(reward, &stats, per_set, size, criterion, method)
         })
         .collect()
@@ -279,11 +278,9 @@ fn exhaustive(
                 s: BorderedCholesky::new(m),
                 y: vec![0.0; m],
             };
-            gp_dfs(reward, a, s, o, m, 0, &mut chosen, &mut st, &mut best)?
+            gp_dfs(reward, a, s, o, m, 0, &mut chosen, &mut st, 0.0, &mut best)?
         }
-        SetStats::Recall { .. } => {
-            recall_dfs(reward, stats, o, m, 0, &mut chosen, &mut best)?;
-        }
+        SetStats::Recall { d_gg, d_gr } => recall_exhaustive(reward, d_gg, d_gr, m, &mut best),
     }
     Ok(best.finish())
 }
@@ -363,12 +360,39 @@ impl GpState {
         }
         Ok((var_a, var_s))
     }
+    /// Conditional variances of `j` given the chosen set under `A` and `S`, without pushing.
+    #[inline]
+    fn peek(
+        &mut self,
+        a: &Mat<f64>,
+        s: &Mat<f64>,
+        chosen: &[usize],
+        j: usize,
+        jitter: f64,
+    ) -> Result<(f64, f64)> {
+        let var_a = self
+            .a
+            .conditional_variance(|t| a[(chosen[t], j)], a[(j, j)], &mut self.y);
+        let var_s = self
+            .s
+            .conditional_variance(|t| s[(chosen[t], j)], s[(j, j)], &mut self.y);
+        if !(var_a > 0.0 && var_s > 0.0) {
+            return Err(Error::Singular {
+                what: "the kernel matrices of a candidate subset".into(),
+                jitter,
+            });
+        }
+        Ok((var_a, var_s))
+    }
     fn retract(&mut self) {
         self.a.pop();
         self.s.pop();
     }
 }
 
+/// `log_prefix` is `Σ ln(var_A / var_S)` over the chosen prefix, which equals
+/// `ln det A_SS − ln det S_SS`; the reward of a full subset is that minus `ln det A_rr`.
+/// The last level only needs the two conditional variances, not a factor update.
 #[allow(clippy::too_many_arguments)]
 fn gp_dfs(
     reward: &DiversityReward,
@@ -379,17 +403,34 @@ fn gp_dfs(
     start: usize,
     chosen: &mut Vec<usize>,
     st: &mut GpState,
+    log_prefix: f64,
     best: &mut Best,
 ) -> Result<()> {
-    if chosen.len() == m {
-        best.offer(st.a.logdet() - reward.logdet_rr() - st.s.logdet(), chosen);
+    let last = o - (m - chosen.len());
+    if chosen.len() + 1 == m {
+        for j in start..=last {
+            let (va, vs) = st.peek(a, s, chosen, j, reward.jitter())?;
+            chosen.push(j);
+            best.offer(log_prefix + (va / vs).ln() - reward.logdet_rr(), chosen);
+            chosen.pop();
+        }
         return Ok(());
     }
-    let last = o - (m - chosen.len());
     for j in start..=last {
-        st.extend(a, s, chosen, j, reward.jitter())?;
+        let (va, vs) = st.extend(a, s, chosen, j, reward.jitter())?;
         chosen.push(j);
-        let r = gp_dfs(reward, a, s, o, m, j + 1, chosen, st, best);
+        let r = gp_dfs(
+            reward,
+            a,
+            s,
+            o,
+            m,
+            j + 1,
+            chosen,
+            st,
+            log_prefix + (va / vs).ln(),
+            best,
+        );
         chosen.pop();
         st.retract();
         r?;
@@ -397,25 +438,114 @@ fn gp_dfs(
     Ok(())
 }
 
-fn recall_dfs(
-    reward: &DiversityReward,
-    stats: &SetStats,
+/// Precomputed coverage bitsets for the Recall reward of one candidate set.
+///
+/// A member's ball radius is its distance to the k-th nearest other member, so it is always
+/// one of the O − 1 distances to the other candidates. For candidate `i` and each of those
+/// radii (others in ascending distance), `mask` holds the references within (≤) that
+/// radius as a bitset; a subset's recall is then the popcount of an OR of M bitsets.
+struct RecallMasks {
     o: usize,
+    words: usize,
+    /// `rank[i * o + j]`: position of `j` among the others of `i` by distance.
+    rank: Vec<usize>,
+    /// `mask[((i * (o - 1)) + r) * words ..]`: references covered by `i` at radius rank `r`.
+    mask: Vec<u64>,
+}
+
+impl RecallMasks {
+    fn new(d_gg: &Mat<f64>, d_gr: &Mat<f64>) -> Self {
+        let (o, n) = (d_gg.nrows(), d_gr.ncols());
+        let words = n.div_ceil(64);
+        let mut rank = vec![0; o * o];
+        let mut mask = vec![0u64; o * o.saturating_sub(1) * words];
+        for i in 0..o {
+            let mut others: Vec<usize> = (0..o).filter(|&j| j != i).collect();
+            others.sort_by(|&a, &b| d_gg[(i, a)].total_cmp(&d_gg[(i, b)]));
+            for (r, &j) in others.iter().enumerate() {
+                rank[i * o + j] = r;
+                let radius = d_gg[(i, j)];
+                let m = &mut mask[(i * (o - 1) + r) * words..(i * (o - 1) + r + 1) * words];
+                for t in 0..n {
+                    if d_gr[(i, t)] <= radius {
+                        m[t / 64] |= 1 << (t % 64);
+                    }
+                }
+            }
+        }
+        RecallMasks {
+            o,
+            words,
+            rank,
+            mask,
+        }
+    }
+
+    /// Number of references covered by the subset with k-NN balls.
+    fn covered(&self, subset: &[usize], k: usize, acc: &mut [u64], ranks: &mut Vec<usize>) -> u32 {
+        acc.iter_mut().for_each(|w| *w = 0);
+        for &i in subset {
+            ranks.clear();
+            ranks.extend(
+                subset
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| self.rank[i * self.o + j]),
+            );
+            let (_, r, _) = ranks.select_nth_unstable(k - 1);
+            let m = &self.mask[(i * (self.o - 1) + *r) * self.words..][..self.words];
+            acc.iter_mut().zip(m).for_each(|(a, b)| *a |= b);
+        }
+        acc.iter().map(|w| w.count_ones()).sum()
+    }
+}
+
+fn recall_exhaustive(
+    reward: &DiversityReward,
+    d_gg: &Mat<f64>,
+    d_gr: &Mat<f64>,
     m: usize,
-    start: usize,
-    chosen: &mut Vec<usize>,
     best: &mut Best,
-) -> Result<()> {
-    if chosen.len() == m {
-        best.offer(reward.subset_reward(stats, chosen)?, chosen);
-        return Ok(());
+) {
+    let masks = RecallMasks::new(d_gg, d_gr);
+    let n = d_gr.ncols() as f64;
+    let mut acc = vec![0u64; masks.words];
+    let mut ranks = Vec::with_capacity(m);
+    let mut chosen = Vec::with_capacity(m);
+    #[allow(clippy::too_many_arguments)]
+    fn rec(
+        masks: &RecallMasks,
+        k: usize,
+        n: f64,
+        m: usize,
+        start: usize,
+        chosen: &mut Vec<usize>,
+        acc: &mut [u64],
+        ranks: &mut Vec<usize>,
+        best: &mut Best,
+    ) {
+        if chosen.len() == m {
+            let c = masks.covered(chosen, k, acc, ranks);
+            best.offer(f64::from(c) / n, chosen);
+            return;
+        }
+        for j in start..=masks.o - (m - chosen.len()) {
+            chosen.push(j);
+            rec(masks, k, n, m, j + 1, chosen, acc, ranks, best);
+            chosen.pop();
+        }
     }
-    for j in start..=o - (m - chosen.len()) {
-        chosen.push(j);
-        recall_dfs(reward, stats, o, m, j + 1, chosen, best)?;
-        chosen.pop();
-    }
-    Ok(())
+    rec(
+        &masks,
+        reward.k(),
+        n,
+        m,
+        0,
+        &mut chosen,
+        &mut acc,
+        &mut ranks,
+        best,
+    );
 }
 
 /// A gain in a max-heap: larger first, then the smaller candidate index.
@@ -474,9 +604,8 @@ fn greedy(
                 Ok(sign * (2.0 * q[j] / (mf * nref) - 2.0 * ks / (mf * (mf - 1.0))))
             }
             SetStats::GpMi { a, s } => {
-                let (va, vs) = gp.extend(a, s, chosen, j, reward.jitter())?;
-                gp.retract();
-                Ok(sign * (va.ln() - vs.ln()))
+                let (va, vs) = gp.peek(a, s, chosen, j, reward.jitter())?;
+                Ok(sign * (va / vs).ln())
             }
             SetStats::Recall { .. } => unreachable!("rejected in check_request"),
         }
