@@ -1,0 +1,76 @@
+//! One module per verb: `Args` (clap) and `run`.
+
+pub mod metrics;
+pub mod reward;
+pub mod sample;
+pub mod select;
+pub mod train_base;
+
+/// An error chain on one line: "outer: inner: innermost".
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        if i > 0 {
+            s.push_str(": ");
+        }
+        s.push_str(&cause.to_string());
+    }
+    s.replace('\n', " ")
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Reward-kernel options shared by `reward` and `select`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RewardOpts {
+    /// Which Diversity Reward
+    #[arg(long, value_enum, default_value = "mmd")]
+    pub kind: KindArg,
+    /// Polynomial kernel degree d (mmd) [default: 3]
+    #[arg(long)]
+    pub degree: Option<u32>,
+    /// Polynomial kernel scale γ (mmd) [default: 1/D]
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Polynomial kernel offset c0 (mmd) [default: 1]
+    #[arg(long)]
+    pub coef0: Option<f64>,
+    /// RBF bandwidth σ (gp-mi) [default: median pairwise distance of the references]
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// Jitter λ added to kernel diagonals (gp-mi)
+    #[arg(long, default_value_t = 1e-6)]
+    pub jitter: f64,
+    /// Nearest-neighbour rank of the ball radius (recall)
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum KindArg {
+    Mmd,
+    GpMi,
+    Recall,
+}
+
+impl RewardOpts {
+    pub fn spec(&self) -> divrl_reward::RewardSpec {
+        divrl_reward::RewardSpec {
+            kind: match self.kind {
+                KindArg::Mmd => divrl_reward::RewardKind::Mmd,
+                KindArg::GpMi => divrl_reward::RewardKind::GpMi,
+                KindArg::Recall => divrl_reward::RewardKind::Recall,
+            },
+            degree: self.degree,
+            gamma: self.gamma,
+            coef0: self.coef0,
+            sigma: self.sigma,
+            jitter: self.jitter,
+            k: self.k,
+        }
+    }
+}

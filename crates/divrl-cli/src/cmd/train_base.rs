@@ -1,0 +1,151 @@
+//! `divrl train-base`: DDPM training of the class-conditional base UNet.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use divrl::checkpoint::{BaseConfig, CONFIG_FILE, STATE_FILE};
+use divrl::train::{RunOptions, Trainer};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint folder to write (config.toml, ema/weights/optim .safetensors, state.json, samples/)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TOML config with [model], [schedule] and [train] tables (defaults: the Fashion-MNIST base model)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run saved in --out (its config is used; --steps may extend it)
+    #[arg(long)]
+    pub resume: bool,
+    /// Data set: fashion-mnist | fashion-mnist-skewed | idx:IMAGES,LABELS | folder:DIR[,SIZE[,CHANNELS]] | npy:IMAGES[,LABELS]
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Total optimisation steps
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (AdamW; warm-up then cosine decay)
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Sample grid every N steps (0 = never)
+    #[arg(long)]
+    pub sample_every: Option<usize>,
+    /// Checkpoint every N steps (0 = only at the end)
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// cpu, cuda, cuda:N or auto
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// CPU threads for libtorch (0 = one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Hide the progress bar (log lines still go to stderr)
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    divrl::device::set_threads(args.threads);
+    let device = divrl::device::parse_device(&args.device)?;
+    let has_ckpt = args.out.join(STATE_FILE).exists();
+    let mut trainer = if args.resume {
+        if !has_ckpt {
+            bail!(
+                "--resume: {} holds no checkpoint ({STATE_FILE} missing)",
+                args.out.display()
+            );
+        }
+        if args.config.is_some()
+            || args.data.is_some()
+            || args.batch_size.is_some()
+            || args.lr.is_some()
+            || args.seed.is_some()
+        {
+            bail!("--resume uses the saved config; only --steps, --sample-every and --checkpoint-every may change");
+        }
+        let mut t = Trainer::resume(&args.out, device, args.steps)?;
+        if let Some(s) = args.sample_every {
+            t.cfg.train.sample_every = s;
+        }
+        if let Some(s) = args.checkpoint_every {
+            t.cfg.train.checkpoint_every = s;
+        }
+        tracing::info!("resuming {} at step {}", args.out.display(), t.state.step);
+        t
+    } else {
+        if has_ckpt || args.out.join(CONFIG_FILE).exists() {
+            bail!(
+                "{} already holds a checkpoint: pass --resume, or choose another --out",
+                args.out.display()
+            );
+        }
+        let mut cfg: BaseConfig = match &args.config {
+            Some(p) => divrl::config::read_toml(p)?,
+            None => BaseConfig::default(),
+        };
+        let tc = &mut cfg.train;
+        if let Some(v) = &args.data {
+            tc.data = v.clone();
+        }
+        if let Some(v) = args.steps {
+            tc.steps = v;
+        }
+        if let Some(v) = args.batch_size {
+            tc.batch_size = v;
+        }
+        if let Some(v) = args.lr {
+            tc.lr = v;
+        }
+        if let Some(v) = args.seed {
+            tc.seed = v;
+        }
+        if let Some(v) = args.sample_every {
+            tc.sample_every = v;
+        }
+        if let Some(v) = args.checkpoint_every {
+            tc.checkpoint_every = v;
+        }
+        Trainer::new(cfg, device)?
+    };
+    let splits =
+        divrl::data::load_splits(&trainer.cfg.train.data).context("loading training data")?;
+    let n_params: i64 = trainer
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    tracing::info!(
+        "training on {} ({} images) on {}, {} parameters, {} steps of batch {}",
+        trainer.cfg.train.data,
+        splits.train.len(),
+        divrl::device::device_name(device),
+        n_params,
+        trainer.cfg.train.steps,
+        trainer.cfg.train.batch_size
+    );
+    let t0 = std::time::Instant::now();
+    let start = trainer.state.step;
+    divrl::train::run(
+        &mut trainer,
+        &splits.train,
+        RunOptions {
+            out: &args.out,
+            progress: !args.no_progress,
+        },
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let imgs = (trainer.state.step - start) * trainer.cfg.train.batch_size;
+    eprintln!(
+        "trained to step {} in {:.1} s this run ({:.1} img/s; {:.1} s in all); checkpoint in {}",
+        trainer.state.step,
+        secs,
+        imgs as f64 / secs.max(1e-9),
+        trainer.state.train_seconds,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `divrl`: diversity-oriented RL fine-tuning of diffusion models, and the maths around it.
+//!
+//! Every verb is a thin layer over the libraries: argument parsing here, work there.
+//! Errors print one line (`divrl: error: ...`) on stderr and exit with code 2.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "divrl", version, about = "Diversity-oriented RL fine-tuning for diffusion models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Diversity Reward of a generated feature set against a reference set, and per-image rewards
+    Reward(cmd::reward::Args),
+    /// Pick the most (or least) diverse M-subset of each candidate set
+    Select(cmd::select::Args),
+    /// FID, Precision, Recall, Density and Coverage between two feature sets
+    Metrics(cmd::metrics::Args),
+    /// Train the class-conditional diffusion base model (DDPM, EMA, checkpoints, resumable)
+    TrainBase(cmd::train_base::Args),
+    /// Sample a PNG grid from a base checkpoint (DDIM/DDPM, classifier-free guidance)
+    Sample(cmd::sample::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DIVRL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Reward(args) => cmd::reward::run(args),
+        Command::Select(args) => cmd::select::run(args),
+        Command::Metrics(args) => cmd::metrics::run(args),
+        Command::TrainBase(args) => cmd::train_base::run(args),
+        Command::Sample(args) => cmd::sample::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("divrl: error: {}", cmd::one_line(&err));
+            ExitCode::from(2)
+        }
+    }
+}
