@@ -60,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args
         .out
         .extension()
-        .map(|e| e.to_ascii_lowercase() != "png")
+        .map(|e| !e.eq_ignore_ascii_case("png"))
         .unwrap_or(true)
     {
         bail!("--out must be a .png file, got {}", args.out.display());
