@@ -28,6 +28,12 @@ enum Command {
     TrainBase(cmd::train_base::Args),
     /// Sample a PNG grid from a base checkpoint (DDIM/DDPM, classifier-free guidance)
     Sample(cmd::sample::Args),
+    /// Train the small classifier that is the default feature space (Fashion-MNIST)
+    TrainClassifier(cmd::train_classifier::Args),
+    /// Features of an image set (small | inception | clip), cached by content hash
+    Features(cmd::features::Args),
+    /// FID, Precision, Recall, Density, Coverage, IS and attribute KL of generated vs reference images
+    Eval(cmd::eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
         Command::Metrics(args) => cmd::metrics::run(args),
         Command::TrainBase(args) => cmd::train_base::run(args),
         Command::Sample(args) => cmd::sample::run(args),
+        Command::TrainClassifier(args) => cmd::train_classifier::run(args),
+        Command::Features(args) => cmd::features::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod eval;
+pub mod features;
 pub mod models;
 pub mod nn;
 pub mod optim;

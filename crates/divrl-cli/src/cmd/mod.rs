@@ -1,10 +1,13 @@
 //! One module per verb: `Args` (clap) and `run`.
 
+pub mod eval;
+pub mod features;
 pub mod metrics;
 pub mod reward;
 pub mod sample;
 pub mod select;
 pub mod train_base;
+pub mod train_classifier;
 
 /// An error chain on one line: "outer: inner: innermost".
 pub fn one_line(err: &anyhow::Error) -> String {

@@ -1,2 +1,4 @@
 //! Networks. One model per file.
+pub mod classifier;
+pub mod inception;
 pub mod unet;
