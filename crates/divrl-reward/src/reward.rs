@@ -362,8 +362,16 @@ impl DiversityReward {
         per_set: usize,
     ) -> Result<Vec<SetStats>> {
         let block = sets.as_mat().subrows(first_row, count * per_set);
-        let g_sq: Vec<f64> = (first_row..first_row + count * per_set)
-            .map(|i| sets.row(i).iter().map(|v| v * v).sum())
+        // Each set's Gram matrix; its diagonal gives the squared norms.
+        let grams: Vec<Mat<f64>> = (0..count)
+            .map(|s| {
+                let rows = block.subrows(s * per_set, per_set);
+                dot_products(rows, rows, Par::Seq)
+            })
+            .collect();
+        let g_sq: Vec<f64> = grams
+            .iter()
+            .flat_map(|g| (0..per_set).map(move |i| g[(i, i)]))
             .collect();
         let dots_gr = dot_products(block, self.reference.as_mat(), Par::Seq);
         let kernel_gr = self
@@ -379,10 +387,8 @@ impl DiversityReward {
             _ => None,
         };
         let mut out = Vec::with_capacity(count);
-        for s in 0..count {
+        for (s, dots_gg) in grams.iter().enumerate() {
             let r0 = s * per_set;
-            let rows = block.subrows(r0, per_set);
-            let dots_gg = dot_products(rows, rows, Par::Seq);
             let sq = &g_sq[r0..r0 + per_set];
             out.push(match self.kind {
                 RewardKind::Mmd => {
@@ -392,13 +398,13 @@ impl DiversityReward {
                         .map(|i| (0..k_gr.ncols()).map(|j| k_gr[(i, j)]).sum())
                         .collect();
                     SetStats::Mmd {
-                        k: kernel.from_dots(&dots_gg, sq, sq),
+                        k: kernel.from_dots(dots_gg, sq, sq),
                         q,
                     }
                 }
                 RewardKind::GpMi => {
                     let kernel = self.kernel.expect("gp-mi kernel");
-                    let mut a = kernel.from_dots(&dots_gg, sq, sq);
+                    let mut a = kernel.from_dots(dots_gg, sq, sq);
                     for i in 0..per_set {
                         a[(i, i)] += self.jitter;
                     }
@@ -415,7 +421,7 @@ impl DiversityReward {
                     SetStats::GpMi { a, s: s_mat }
                 }
                 RewardKind::Recall => SetStats::Recall {
-                    d_gg: crate::linalg::sq_dists_from_dots(&dots_gg, sq, sq),
+                    d_gg: crate::linalg::sq_dists_from_dots(dots_gg, sq, sq),
                     d_gr: crate::linalg::sq_dists_from_dots(
                         &dots_gr.subrows(r0, per_set).to_owned(),
                         sq,
