@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up libtorch (project-local venv, torch==2.11.0) if needed, builds `divrl` in release
+# mode, and runs it with the given arguments: `bash scripts/divrl.sh <verb> [options]`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+cargo build --release -p divrl-cli >&2
+exec "$root/target/release/divrl" "$@"

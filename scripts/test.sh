@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README's second command, and what .ci/run runs): sets up the
+# project-local torch==2.11.0 venv if needed, builds everything in release mode, runs every test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+cargo build --release --workspace --all-targets
+cargo test --release --workspace
