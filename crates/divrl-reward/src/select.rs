@@ -273,11 +273,7 @@ fn exhaustive(
     match stats {
         SetStats::Mmd { k, q } => mmd_dfs(reward, k, q, o, m, 0, &mut chosen, 0.0, 0.0, &mut best),
         SetStats::GpMi { a, s } => {
-            let mut st = GpState {
-                a: BorderedCholesky::new(m),
-                s: BorderedCholesky::new(m),
-                y: vec![0.0; m],
-            };
+            let mut st = GpState::new(m);
             gp_dfs(reward, a, s, o, m, 0, &mut chosen, &mut st, 0.0, &mut best)?
         }
         SetStats::Recall { d_gg, d_gr } => recall_exhaustive(reward, d_gg, d_gr, m, &mut best),
@@ -325,42 +321,23 @@ fn mmd_dfs(
 struct GpState {
     a: BorderedCholesky,
     s: BorderedCholesky,
-    y: Vec<f64>,
+    /// Solved rows for `A` and `S` from the last [`GpState::peek`].
+    ya: Vec<f64>,
+    ys: Vec<f64>,
 }
 
 impl GpState {
-    /// Conditional variances of `j` given the chosen set, under `A` and under the Schur
-    /// complement `S`; pushes `j` onto both factors when `push` is set.
-    fn extend(
-        &mut self,
-        a: &Mat<f64>,
-        s: &Mat<f64>,
-        chosen: &[usize],
-        j: usize,
-        jitter: f64,
-    ) -> Result<(f64, f64)> {
-        let var_a = self
-            .a
-            .conditional_variance(|t| a[(chosen[t], j)], a[(j, j)], &mut self.y);
-        if !self.a.push(&self.y, var_a) {
-            return Err(Error::Singular {
-                what: "the generated kernel matrix K_gg of a candidate subset".into(),
-                jitter,
-            });
+    fn new(m: usize) -> Self {
+        GpState {
+            a: BorderedCholesky::new(m),
+            s: BorderedCholesky::new(m),
+            ya: vec![0.0; m],
+            ys: vec![0.0; m],
         }
-        let var_s = self
-            .s
-            .conditional_variance(|t| s[(chosen[t], j)], s[(j, j)], &mut self.y);
-        if !self.s.push(&self.y, var_s) {
-            self.a.pop();
-            return Err(Error::Singular {
-                what: "the joint kernel matrix of a candidate subset".into(),
-                jitter,
-            });
-        }
-        Ok((var_a, var_s))
     }
-    /// Conditional variances of `j` given the chosen set under `A` and `S`, without pushing.
+
+    /// Conditional variances of `j` given the chosen set under `A` (= K_gg + λI) and under
+    /// its Schur complement `S` (given the references), without changing the factors.
     #[inline]
     fn peek(
         &mut self,
@@ -372,11 +349,11 @@ impl GpState {
     ) -> Result<(f64, f64)> {
         let var_a = self
             .a
-            .conditional_variance(|t| a[(chosen[t], j)], a[(j, j)], &mut self.y);
+            .conditional_variance(|t| a[(chosen[t], j)], a[(j, j)], &mut self.ya);
         let var_s = self
             .s
-            .conditional_variance(|t| s[(chosen[t], j)], s[(j, j)], &mut self.y);
-        if !(var_a > 0.0 && var_s > 0.0) {
+            .conditional_variance(|t| s[(chosen[t], j)], s[(j, j)], &mut self.ys);
+        if var_a.is_nan() || var_s.is_nan() || var_a <= 0.0 || var_s <= 0.0 {
             return Err(Error::Singular {
                 what: "the kernel matrices of a candidate subset".into(),
                 jitter,
@@ -384,6 +361,23 @@ impl GpState {
         }
         Ok((var_a, var_s))
     }
+
+    /// [`GpState::peek`], then appends `j` to both factors.
+    fn extend(
+        &mut self,
+        a: &Mat<f64>,
+        s: &Mat<f64>,
+        chosen: &[usize],
+        j: usize,
+        jitter: f64,
+    ) -> Result<(f64, f64)> {
+        let (var_a, var_s) = self.peek(a, s, chosen, j, jitter)?;
+        // Both variances are positive, so both pushes succeed.
+        self.a.push(&self.ya, var_a);
+        self.s.push(&self.ys, var_s);
+        Ok((var_a, var_s))
+    }
+
     fn retract(&mut self) {
         self.a.pop();
         self.s.pop();
@@ -586,11 +580,7 @@ fn greedy(
     let mut chosen: Vec<usize> = Vec::with_capacity(m);
     let mut in_set = vec![false; o];
     let mut evaluations = 0u64;
-    let mut gp = GpState {
-        a: BorderedCholesky::new(m),
-        s: BorderedCholesky::new(m),
-        y: vec![0.0; m],
-    };
+    let mut gp = GpState::new(m);
     // Gain of adding j to `chosen` for the size-m objective.
     //  MMD: f(S) = 2Σq/(MN) − Σ_{i≠j}K/(M(M−1)) − mean K_rr, so the gain is
     //       2q_j/(MN) − 2Σ_{i∈S}K_ij/(M(M−1)); exact at |S| = M.
