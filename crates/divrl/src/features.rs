@@ -211,6 +211,54 @@ impl Extractor for InceptionExtractor {
     }
 }
 
+/// `clip`: projected CLIP image embeddings (HF `CLIPModel` folder).
+pub struct ClipExtractor {
+    pub clip: crate::models::clip::LoadedClip,
+    fingerprint: String,
+}
+
+impl ClipExtractor {
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let clip = crate::models::clip::load_clip(dir, None, device)?;
+        let h = file_hash(&clip.weights)?;
+        Ok(Self {
+            clip,
+            fingerprint: format!("clip-v1-{}", &h[..16]),
+        })
+    }
+}
+
+impl Extractor for ClipExtractor {
+    fn name(&self) -> &str {
+        "clip"
+    }
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+    fn dim(&self) -> i64 {
+        self.clip.model.cfg.projection_dim
+    }
+    fn default_batch(&self) -> usize {
+        32
+    }
+    fn device(&self) -> Device {
+        self.clip.device
+    }
+    fn forward(&self, images: &Tensor) -> Result<Extracted> {
+        Ok(Extracted {
+            features: self.clip.encode_images(images)?,
+            logits: None,
+        })
+    }
+}
+
+/// The default CLIP folder: `$DIVRL_CLIP`, else `<models dir>/clip`.
+pub fn default_clip_dir() -> PathBuf {
+    std::env::var_os("DIVRL_CLIP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_dir().join("clip"))
+}
+
 /// Names accepted by [`load_extractor`].
 pub const EXTRACTORS: [&str; 3] = ["small", "inception", "clip"];
 
@@ -233,6 +281,18 @@ pub fn load_extractor(
                 .map(Path::to_path_buf)
                 .unwrap_or_else(crate::models::inception::default_archive_path);
             Ok(Box::new(InceptionExtractor::load(&p, device)?))
+        }
+        "clip" => {
+            let d = weights
+                .map(Path::to_path_buf)
+                .unwrap_or_else(default_clip_dir);
+            if !d.is_dir() {
+                bail!(
+                    "CLIP folder {} not found: pass --weights DIR with config.json, model.safetensors and tokenizer.json (e.g. a download of openai/clip-vit-base-patch32)",
+                    d.display()
+                );
+            }
+            Ok(Box::new(ClipExtractor::load(&d, device)?))
         }
         other => bail!(
             "unknown extractor {other:?}: expected one of {}",

@@ -1,4 +1,6 @@
 //! Networks. One model per file.
 pub mod classifier;
+pub mod clip;
+pub mod clip_tokenizer;
 pub mod inception;
 pub mod unet;
