@@ -34,6 +34,8 @@ enum Command {
     Features(cmd::features::Args),
     /// FID, Precision, Recall, Density, Coverage, IS and attribute KL of generated vs reference images
     Eval(cmd::eval::Args),
+    /// Diversity-oriented RL fine-tuning of a base checkpoint (the paper's Algorithm 1)
+    Finetune(Box<cmd::finetune::Args>),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::TrainClassifier(args) => cmd::train_classifier::run(args),
         Command::Features(args) => cmd::features::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Finetune(args) => cmd::finetune::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

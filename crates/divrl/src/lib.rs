@@ -15,6 +15,7 @@ pub mod features;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod rl;
 pub mod rng;
 pub mod sample;
 pub mod schedule;

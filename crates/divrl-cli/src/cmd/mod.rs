@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod features;
+pub mod finetune;
 pub mod metrics;
 pub mod reward;
 pub mod sample;

@@ -1,0 +1,288 @@
+//! `divrl finetune`: diversity-oriented RL fine-tuning of a base checkpoint (the paper's
+//! Algorithm 1). Settings come from `--config run.toml`; every field is also a flag, and flags win.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use divrl::rl::{EvalSet, FinetuneConfig, Finetuner};
+use divrl::schedule::SamplerKind;
+use divrl::tch::Kind;
+use divrl_reward::RewardKind;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// TOML file with any of the fields below (flags override it)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar (log one line per epoch instead)
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// Base checkpoint folder [default: models/fashion-mnist-base]
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Run folder (log.jsonl, samples/, checkpoints/, lora.safetensors, merged/) [default: runs/finetune]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Data set whose reference / evaluation pools are used [default: fashion-mnist]
+    #[arg(long)]
+    pub data: Option<String>,
+    /// N: reference images per condition [default: 50]
+    #[arg(long)]
+    pub ref_per_class: Option<usize>,
+    /// Conditions (class indices), comma-separated [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<i64>>,
+    /// Conditions per epoch, 0 = all [default: 0]
+    #[arg(long)]
+    pub classes_per_epoch: Option<usize>,
+    /// M: images per condition and epoch [default: 5]
+    #[arg(long)]
+    pub images_per_class: Option<usize>,
+    /// Feature network ϕ: small, inception or pixels [default: small]
+    #[arg(long)]
+    pub extractor: Option<String>,
+    /// Weights of ϕ (classifier folder or TorchScript archive)
+    #[arg(long)]
+    pub extractor_weights: Option<PathBuf>,
+
+    /// Diversity Reward: mmd, gp-mi or recall [default: mmd]
+    #[arg(long)]
+    pub reward: Option<RewardKind>,
+    /// Polynomial kernel degree (mmd) [default: 3]
+    #[arg(long)]
+    pub degree: Option<u32>,
+    /// Polynomial kernel scale (mmd) [default: 1/D]
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Polynomial kernel offset (mmd) [default: 1]
+    #[arg(long)]
+    pub coef0: Option<f64>,
+    /// RBF bandwidth (gp-mi) [default: median reference distance]
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// Kernel jitter (gp-mi) [default: 1e-6]
+    #[arg(long)]
+    pub jitter: Option<f64>,
+    /// k of the k-NN balls (recall) [default: 3]
+    #[arg(long)]
+    pub recall_k: Option<usize>,
+    /// Reward multiplier [default: 1]
+    #[arg(long)]
+    pub reward_scale: Option<f64>,
+
+    /// ddim or ddpm [default: ddim]
+    #[arg(long)]
+    pub sampler: Option<SamplerKind>,
+    /// Denoising steps per trajectory [default: 20]
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM stochasticity, > 0 [default: 1]
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Classifier-free guidance scale [default: 4]
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Trajectories per sampling batch, 0 = all [default: 0]
+    #[arg(long)]
+    pub sample_batch_size: Option<usize>,
+
+    /// Epochs (outer iterations of Algorithm 1) [default: 20]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// PPO inner epochs per rollout [default: 1]
+    #[arg(long)]
+    pub inner_epochs: Option<usize>,
+    /// Trajectories per PPO minibatch [default: 10]
+    #[arg(long)]
+    pub train_batch_size: Option<usize>,
+    /// Minibatches per optimizer step [default: 1]
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Share of timesteps trained per trajectory, (0, 1] [default: 1]
+    #[arg(long)]
+    pub timestep_fraction: Option<f64>,
+    /// PPO clip range [default: 1e-4]
+    #[arg(long)]
+    pub clip_range: Option<f64>,
+    /// Advantage clip [default: 5]
+    #[arg(long)]
+    pub adv_clip: Option<f64>,
+    /// Per-condition reward history length [default: 16]
+    #[arg(long)]
+    pub tracker_buffer: Option<usize>,
+    /// Rewards on record before a condition uses its own statistics [default: 16]
+    #[arg(long)]
+    pub tracker_min_count: Option<usize>,
+    /// KL-to-base penalty weight [default: 0]
+    #[arg(long)]
+    pub kl_coef: Option<f64>,
+    /// Learning rate [default: 3e-4]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW weight decay [default: 1e-4]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub adam_beta1: Option<f64>,
+    #[arg(long)]
+    pub adam_beta2: Option<f64>,
+    #[arg(long)]
+    pub adam_eps: Option<f64>,
+    /// Gradient-norm clip, 0 = off [default: 1]
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+
+    /// LoRA rank [default: 4]
+    #[arg(long)]
+    pub lora_rank: Option<i64>,
+    /// LoRA alpha [default: 4]
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA targets, comma-separated (to_q,to_k,to_v,to_out)
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// Train all base weights instead of LoRA adapters
+    #[arg(long)]
+    pub full_finetune: Option<bool>,
+
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Checkpoint every K epochs [default: 5]
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Checkpoints kept [default: 2]
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    /// Sample grid every K epochs, 0 = never [default: 5]
+    #[arg(long)]
+    pub sample_every: Option<usize>,
+    /// Held-out evaluation every K epochs (and before/after), 0 = never [default: 0]
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Generated images per condition for evaluation [default: 50]
+    #[arg(long)]
+    pub eval_per_class: Option<usize>,
+    /// cpu, cuda, cuda:N or auto [default: auto]
+    #[arg(long)]
+    pub device: Option<String>,
+    /// libtorch CPU threads, 0 = one per core [default: 0]
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+macro_rules! apply {
+    ($args:ident, $cfg:ident; plain: $($p:ident),*; optional: $($o:ident),*) => {
+        $( if let Some(v) = $args.$p.clone() { $cfg.$p = v; } )*
+        $( if let Some(v) = $args.$o.clone() { $cfg.$o = Some(v); } )*
+    };
+}
+
+/// The config file (or defaults) with the flags applied.
+pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
+    let mut cfg: FinetuneConfig = match &args.config {
+        Some(p) => divrl::config::read_toml(p)?,
+        None => FinetuneConfig::default(),
+    };
+    apply!(args, cfg;
+        plain: base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
+            extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
+            sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
+            timestep_fraction, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
+            lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,
+            lora_alpha, lora_targets, full_finetune, seed, checkpoint_every, keep_checkpoints,
+            sample_every, eval_every, eval_per_class, device, threads;
+        optional: extractor_weights, degree, gamma, coef0, sigma);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = resolve(&args)?;
+    divrl::device::set_threads(cfg.threads);
+    let device = divrl::device::parse_device(&cfg.device)?;
+    let out = &cfg.out;
+    if !args.resume && out.join(divrl::rl::trainer::CHECKPOINTS_DIR).exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out",
+            out.display()
+        );
+    }
+    let model = divrl::checkpoint::load_model(&cfg.base, device, true)
+        .with_context(|| format!("loading base checkpoint {}", cfg.base.display()))?;
+    let phi = divrl::rl::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    let splits = divrl::data::load_splits(&cfg.data)?;
+    let k = model.config.model.num_classes;
+    if splits.reference.num_classes() != k {
+        bail!(
+            "data set {} has {} classes, the base model {}",
+            cfg.data,
+            splits.reference.num_classes(),
+            k
+        );
+    }
+    let classes: Vec<i64> = if cfg.classes.is_empty() {
+        (0..k).collect()
+    } else {
+        cfg.classes.clone()
+    };
+    // Reference sets: the first N reference-pool images of each class (disjoint from evaluation).
+    let mut references = BTreeMap::new();
+    for &c in &classes {
+        let idx: Vec<usize> = (0..splits.reference.len())
+            .filter(|&i| splits.reference.labels[i] == c)
+            .take(cfg.ref_per_class)
+            .collect();
+        if idx.len() < cfg.ref_per_class {
+            bail!(
+                "class {c} has {} reference images, {} asked for",
+                idx.len(),
+                cfg.ref_per_class
+            );
+        }
+        let imgs = splits.reference.subset(&idx).images;
+        let f = divrl::features::extract(phi.as_ref(), &imgs, 0, false)?;
+        references.insert(
+            c,
+            divrl::features::to_features(&format!("reference features of class {c}"), &f.features)?,
+        );
+    }
+    let eval = if cfg.eval_every > 0 {
+        let idx: Vec<usize> = (0..splits.eval.len())
+            .filter(|&i| classes.contains(&splits.eval.labels[i]))
+            .collect();
+        let imgs = splits.eval.subset(&idx).images;
+        let f = divrl::features::extract(phi.as_ref(), &imgs, 0, !args.no_progress)?;
+        Some(EvalSet {
+            features: f.features.to_kind(Kind::Float),
+            attribute: splits.eval.attributes.is_some(),
+        })
+    } else {
+        None
+    };
+    drop(splits);
+    let mut trainer = Finetuner::new(cfg.clone(), model, phi, references, eval)?;
+    if args.resume {
+        if trainer.resume()? {
+            eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
+        } else {
+            eprintln!("no checkpoint in {}: starting from epoch 0", out.display());
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let evals = trainer.run(!args.no_progress)?;
+    for (e, r) in &evals {
+        eprintln!("evaluation at epoch {e}:\n{}", r.table());
+    }
+    eprintln!(
+        "fine-tuned to epoch {} in {:.1} s -> {} (lora.safetensors, merged/, log.jsonl)",
+        trainer.epoch,
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The fine-tuning run's configuration: one flat TOML table (`divrl finetune --config run.toml`),
+//! every field also a command-line flag. Unset fields take the defaults below (DDPO's where DDPO
+//! has one, the paper's M = 5 and N = 50).
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use crate::nn::lora::LoraConfig;
+use crate::schedule::{LogProbReduction, SamplerConfig, SamplerKind};
+use divrl_reward::{RewardKind, RewardSpec};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneConfig {
+    // ---- model, data, feature space ------------------------------------------------------
+    /// Base checkpoint folder (`config.toml` + `ema.safetensors`), e.g. models/fashion-mnist-base.
+    pub base: PathBuf,
+    /// Run folder: log, sample grids, checkpoints, exports.
+    pub out: PathBuf,
+    /// Data set spec (as `train-base --data`): its reference pool gives the per-condition
+    /// reference sets, its evaluation pool the held-out metrics.
+    pub data: String,
+    /// N: reference images per condition (the first N of the reference pool's class).
+    pub ref_per_class: usize,
+    /// Conditions (class indices) to fine-tune on; empty = every class of the model.
+    pub classes: Vec<i64>,
+    /// Conditions sampled per epoch (a seeded draw without replacement); 0 = all of them.
+    pub classes_per_epoch: usize,
+    /// M: images sampled per condition and epoch (the generated set X_g).
+    pub images_per_class: usize,
+    /// Feature network ϕ: `small` (Fashion-MNIST classifier), `inception`, or `pixels`.
+    pub extractor: String,
+    /// Weights of ϕ (classifier folder / TorchScript archive); default the shipped ones.
+    pub extractor_weights: Option<PathBuf>,
+
+    // ---- reward ------------------------------------------------------------------------------
+    /// Diversity Reward: `mmd`, `gp-mi` or `recall`.
+    pub reward: RewardKind,
+    /// Polynomial kernel degree (mmd); default 3.
+    pub degree: Option<u32>,
+    /// Polynomial kernel scale (mmd); default 1/D.
+    pub gamma: Option<f64>,
+    /// Polynomial kernel offset (mmd); default 1.
+    pub coef0: Option<f64>,
+    /// RBF bandwidth (gp-mi); default the median pairwise distance of the references.
+    pub sigma: Option<f64>,
+    /// Kernel-diagonal jitter (gp-mi).
+    pub jitter: f64,
+    /// k of the k-NN balls (recall).
+    pub recall_k: usize,
+    /// Rewards are multiplied by this before the advantage normalisation.
+    pub reward_scale: f64,
+
+    // ---- sampler (the policy) ------------------------------------------------------------------
+    /// `ddim` (needs eta > 0) or `ddpm`.
+    pub sampler: SamplerKind,
+    /// Denoising steps T of each trajectory.
+    pub steps: usize,
+    pub eta: f64,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+    /// Trajectories sampled per forward batch; 0 = all of an epoch's at once.
+    pub sample_batch_size: usize,
+
+    // ---- policy optimisation -------------------------------------------------------------------
+    pub epochs: usize,
+    /// Inner epochs E_in of PPO over each epoch's samples.
+    pub inner_epochs: usize,
+    /// Trajectories per PPO minibatch.
+    pub train_batch_size: usize,
+    /// Minibatches whose gradients are accumulated into one optimizer step.
+    pub grad_accum: usize,
+    /// Share of each trajectory's timesteps trained on (shuffled per trajectory), in (0, 1].
+    pub timestep_fraction: f64,
+    /// PPO clip range of the importance ratio.
+    pub clip_range: f64,
+    /// Advantages are clipped to ±this.
+    pub adv_clip: f64,
+    /// Per-condition reward history kept by the advantage tracker.
+    pub tracker_buffer: usize,
+    /// Below this many stored rewards a condition is normalised with batch statistics.
+    pub tracker_min_count: usize,
+    /// Weight of the per-step KL divergence to the frozen base policy (0 = off).
+    pub kl_coef: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub max_grad_norm: f64,
+
+    // ---- what is trained -------------------------------------------------------------------------
+    pub lora_rank: i64,
+    pub lora_alpha: f64,
+    /// Attention projections that get adapters (`to_q`, `to_k`, `to_v`, `to_out`).
+    pub lora_targets: Vec<String>,
+    /// Train every base weight instead of LoRA adapters.
+    pub full_finetune: bool,
+
+    // ---- bookkeeping -----------------------------------------------------------------------------
+    pub seed: u64,
+    /// Checkpoint every this many epochs (the last epoch always).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk (the newest).
+    pub keep_checkpoints: usize,
+    /// PNG grid of the epoch's samples every this many epochs (0 = never).
+    pub sample_every: usize,
+    /// Held-out evaluation every this many epochs, plus before the first and after the last (0 = never).
+    pub eval_every: usize,
+    /// Images generated per condition for evaluation.
+    pub eval_per_class: usize,
+    /// cpu, cuda, cuda:N or auto.
+    pub device: String,
+    /// libtorch CPU threads (0 = one per core).
+    pub threads: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        let lora = LoraConfig::default();
+        Self {
+            base: PathBuf::from("models/fashion-mnist-base"),
+            out: PathBuf::from("runs/finetune"),
+            data: "fashion-mnist".into(),
+            ref_per_class: 50,
+            classes: Vec::new(),
+            classes_per_epoch: 0,
+            images_per_class: 5,
+            extractor: "small".into(),
+            extractor_weights: None,
+            reward: RewardKind::Mmd,
+            degree: None,
+            gamma: None,
+            coef0: None,
+            sigma: None,
+            jitter: 1e-6,
+            recall_k: 3,
+            reward_scale: 1.0,
+            sampler: SamplerKind::Ddim,
+            steps: 20,
+            eta: 1.0,
+            guidance: 4.0,
+            sample_batch_size: 0,
+            epochs: 20,
+            inner_epochs: 1,
+            train_batch_size: 10,
+            grad_accum: 1,
+            timestep_fraction: 1.0,
+            clip_range: 1e-4,
+            adv_clip: 5.0,
+            tracker_buffer: 16,
+            tracker_min_count: 16,
+            kl_coef: 0.0,
+            lr: 3e-4,
+            weight_decay: 1e-4,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            max_grad_norm: 1.0,
+            lora_rank: lora.rank,
+            lora_alpha: lora.alpha,
+            lora_targets: lora.targets,
+            full_finetune: false,
+            seed: 0,
+            checkpoint_every: 5,
+            keep_checkpoints: 2,
+            sample_every: 5,
+            eval_every: 0,
+            eval_per_class: 50,
+            device: "auto".into(),
+            threads: 0,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    pub fn reward_spec(&self) -> RewardSpec {
+        RewardSpec {
+            kind: self.reward,
+            degree: self.degree,
+            gamma: self.gamma,
+            coef0: self.coef0,
+            sigma: self.sigma,
+            jitter: self.jitter,
+            k: self.recall_k,
+        }
+    }
+
+    pub fn sampler_config(&self) -> SamplerConfig {
+        SamplerConfig {
+            kind: self.sampler,
+            steps: self.steps,
+            eta: self.eta,
+            guidance: self.guidance,
+            clip_x0: true,
+            // DDPO's convention: the clip range 1e-4 is calibrated for per-dimension means.
+            reduction: LogProbReduction::Mean,
+        }
+    }
+
+    pub fn lora_config(&self) -> LoraConfig {
+        LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            targets: self.lora_targets.clone(),
+        }
+    }
+
+    /// The config with every field that cannot change the trained weights reset, so a resumed
+    /// run can check it continues the same run.
+    pub fn training_identity(&self) -> Self {
+        let d = Self::default();
+        Self {
+            out: d.out,
+            epochs: d.epochs,
+            checkpoint_every: d.checkpoint_every,
+            keep_checkpoints: d.keep_checkpoints,
+            sample_every: d.sample_every,
+            eval_every: d.eval_every,
+            eval_per_class: d.eval_per_class,
+            device: d.device,
+            threads: d.threads,
+            ..self.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.sampler_config().validate()?;
+        if !self.full_finetune {
+            self.lora_config().validate()?;
+        }
+        let pos = |v: f64| v.is_finite() && v > 0.0;
+        if self.epochs == 0 {
+            bail!("epochs must be >= 1");
+        }
+        if self.inner_epochs == 0 || self.train_batch_size == 0 || self.grad_accum == 0 {
+            bail!("inner_epochs, train_batch_size and grad_accum must be >= 1");
+        }
+        if self.images_per_class == 0 {
+            bail!("images_per_class must be >= 1");
+        }
+        if self.ref_per_class == 0 {
+            bail!("ref_per_class must be >= 1");
+        }
+        if !(self.timestep_fraction > 0.0 && self.timestep_fraction <= 1.0) {
+            bail!(
+                "timestep_fraction must be in (0, 1], got {}",
+                self.timestep_fraction
+            );
+        }
+        if !pos(self.clip_range) || !pos(self.adv_clip) {
+            bail!("clip_range and adv_clip must be positive");
+        }
+        if !pos(self.lr) {
+            bail!("lr must be positive, got {}", self.lr);
+        }
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        if !non_negative(self.weight_decay)
+            || !non_negative(self.max_grad_norm)
+            || !non_negative(self.kl_coef)
+        {
+            bail!("weight_decay, max_grad_norm and kl_coef must be finite and >= 0");
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1)
+            || !(0.0..1.0).contains(&self.adam_beta2)
+            || !pos(self.adam_eps)
+        {
+            bail!("AdamW betas must be in [0, 1) and eps > 0");
+        }
+        if !self.reward_scale.is_finite() {
+            bail!("reward_scale must be finite");
+        }
+        if self.tracker_buffer == 0 {
+            bail!("tracker_buffer must be >= 1");
+        }
+        if self.keep_checkpoints == 0 {
+            bail!("keep_checkpoints must be >= 1");
+        }
+        if self.eval_every > 0 && self.eval_per_class < 2 {
+            bail!("eval_per_class must be >= 2 for the k-NN metrics");
+        }
+        if self.classes.iter().any(|&c| c < 0) {
+            bail!("class indices must be >= 0");
+        }
+        Ok(())
+    }
+}

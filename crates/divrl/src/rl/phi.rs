@@ -1,0 +1,64 @@
+//! Feature networks for the reward: the registry of [`crate::features`] plus `pixels`, a
+//! parameter-free ϕ (average-pooled raw pixels) for toy problems and tests.
+use anyhow::{bail, Result};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+use crate::features::{load_extractor, Extracted, Extractor};
+
+/// `pixels`: images in [0, 1], average-pooled to at most `side × side`, flattened.
+pub struct PixelExtractor {
+    pub side: i64,
+    pub channels: i64,
+    fingerprint: String,
+}
+
+impl PixelExtractor {
+    pub fn new(side: i64, channels: i64) -> Result<Self> {
+        if side < 1 || !(channels == 1 || channels == 3) {
+            bail!("pixels extractor: side must be >= 1 and channels 1 or 3");
+        }
+        Ok(Self {
+            side,
+            channels,
+            fingerprint: format!("pixels-v1-{side}-{channels}"),
+        })
+    }
+}
+
+impl Extractor for PixelExtractor {
+    fn name(&self) -> &str {
+        "pixels"
+    }
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+    fn dim(&self) -> i64 {
+        self.side * self.side * self.channels
+    }
+    fn default_batch(&self) -> usize {
+        1000
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn forward(&self, images: &Tensor) -> Result<Extracted> {
+        let x = crate::features::to_channels(
+            &images.to_device(Device::Cpu).to_kind(Kind::Float),
+            self.channels,
+        )?;
+        let x = tch::no_grad(|| x.adaptive_avg_pool2d([self.side, self.side]));
+        Ok(Extracted {
+            features: x.flatten(1, -1),
+            logits: None,
+        })
+    }
+}
+
+/// `pixels` (8 × 8 grey) or any extractor [`load_extractor`] knows.
+pub fn load_phi(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Extractor>> {
+    match name {
+        "pixels" => Ok(Box::new(PixelExtractor::new(8, 1)?)),
+        other => load_extractor(other, weights, device),
+    }
+}

@@ -1,0 +1,810 @@
+//! The fine-tuning loop, as the paper's Algorithm 1:
+//!
+//! ```text
+//! while not converged:                                       (Finetuner::run)
+//!     for each condition c: sample M images with trajectories   (sample_rollout)
+//!     compute the set Diversity Reward against X_r|c            (score)
+//!     assign each image its marginal utility, eq. (18)          (score)
+//!     advantages: per-condition normalisation, clipping         (ConditionStatTracker)
+//!     E_in rounds of clipped policy-gradient steps, eq. (20)    (ppo_update)
+//! ```
+//!
+//! Only the LoRA adapters train (the base is frozen) unless `full_finetune`. Every random draw
+//! comes from one SplitMix64 stream whose state is checkpointed with the weights, the optimizer
+//! and the advantage tracker, so a resumed run continues exactly where the uninterrupted one would.
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use divrl_reward::{DiversityReward, Features};
+
+use crate::checkpoint::{load_vars, BaseConfig, LoadedModel, CONFIG_FILE, EMA_FILE};
+use crate::config::{
+    read_safetensors, read_toml, write_atomic, write_safetensors_atomic, write_toml,
+};
+use crate::eval::{AttributeReport, EvalOptions, EvalReport};
+use crate::features::{extract, to_features, Extractor};
+use crate::models::unet::UNet;
+use crate::optim::{copy_vars, AdamW, AdamWConfig};
+use crate::rng::SplitMix64;
+use crate::sample::{sample_trajectory, save_grid, Trajectory};
+use crate::schedule::NoiseSchedule;
+
+use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
+use super::config::FinetuneConfig;
+use super::policy::{gaussian_kl_t, gaussian_log_prob_t, StepBatch};
+use super::ppo::clipped_loss;
+
+pub const LOG_FILE: &str = "log.jsonl";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const LATEST_FILE: &str = "latest";
+pub const TRAINABLE_FILE: &str = "trainable.safetensors";
+pub const OPTIM_FILE: &str = "optim.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const LORA_FILE: &str = "lora.safetensors";
+pub const LORA_CONFIG_FILE: &str = "lora.toml";
+pub const MERGED_DIR: &str = "merged";
+
+/// Held-out real images for the evaluation pass, already in ϕ's feature space.
+pub struct EvalSet {
+    /// `[N, D]` features of the held-out real images (the conditions' classes only).
+    pub features: Tensor,
+    /// Report the inversion attribute's histogram and KL to uniform (skewed variant).
+    pub attribute: bool,
+}
+
+/// One epoch's samples: a single trajectory batch, `images_per_class` per condition.
+pub struct Rollout {
+    pub traj: Trajectory,
+    /// Condition of each sample.
+    pub conditions: Vec<i64>,
+}
+
+/// Rewards of a rollout.
+#[derive(Debug, Clone)]
+pub struct Scores {
+    /// Scaled marginal-utility reward of each sample.
+    pub rewards: Vec<f64>,
+    /// Set reward of each condition (unscaled).
+    pub set_rewards: BTreeMap<i64, f64>,
+}
+
+/// Diagnostics of one PPO phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PpoStats {
+    pub loss: f64,
+    pub approx_kl: f64,
+    pub clip_fraction: f64,
+    /// Mean pre-clipping gradient norm over optimizer steps.
+    pub grad_norm: f64,
+    /// Mean per-step KL to the base policy (when `kl_coef > 0`).
+    pub kl_to_base: f64,
+    /// `max |ρ − 1|` over everything computed before the epoch's first optimizer step (0 in exact
+    /// arithmetic: the policy has not moved yet).
+    pub first_ratio_max_dev: f64,
+    pub optimizer_steps: usize,
+}
+
+/// One line of `log.jsonl` per epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub kind: String,
+    pub epoch: usize,
+    pub set_reward_mean: f64,
+    pub set_rewards: BTreeMap<String, f64>,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub reward_min: f64,
+    pub reward_max: f64,
+    pub advantage_abs_mean: f64,
+    #[serde(flatten)]
+    pub ppo: PpoStats,
+    pub lr: f64,
+    pub images: usize,
+    pub images_per_s: f64,
+    pub seconds: f64,
+}
+
+/// An evaluation line of `log.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalLog {
+    pub kind: String,
+    pub epoch: usize,
+    #[serde(flatten)]
+    pub report: EvalReport,
+    pub seconds: f64,
+}
+
+/// What a checkpoint's `state.json` holds besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlState {
+    pub epoch: usize,
+    pub rng: u64,
+    pub tracker: ConditionStatTracker,
+    pub images_seen: u64,
+    pub train_seconds: f64,
+    pub config: FinetuneConfig,
+}
+
+/// The policy, its optimizer and everything Algorithm 1 needs.
+pub struct Finetuner {
+    pub cfg: FinetuneConfig,
+    pub base_config: BaseConfig,
+    /// The base weights (frozen unless `full_finetune`).
+    pub vs: VarStore,
+    pub unet: UNet,
+    pub sched: NoiseSchedule,
+    /// The adapters (LoRA runs).
+    pub lora_vs: Option<VarStore>,
+    /// A frozen copy of the base policy, for the KL penalty.
+    ref_model: Option<(VarStore, UNet)>,
+    pub opt: AdamW,
+    pub tracker: ConditionStatTracker,
+    pub rng: SplitMix64,
+    /// Epochs completed.
+    pub epoch: usize,
+    pub images_seen: u64,
+    pub train_seconds: f64,
+    pub classes: Vec<i64>,
+    phi: Box<dyn Extractor>,
+    rewards: BTreeMap<i64, DiversityReward>,
+    eval: Option<EvalSet>,
+    device: Device,
+    last_checkpoint: Option<PathBuf>,
+    log_lines: Vec<String>,
+}
+
+impl Finetuner {
+    /// Binds a base model, ϕ, the per-condition reference features (`[N, D]` each, ϕ's space) and
+    /// optionally a held-out evaluation set. LoRA adapters are created from `cfg.seed`.
+    pub fn new(
+        cfg: FinetuneConfig,
+        model: LoadedModel,
+        phi: Box<dyn Extractor>,
+        references: BTreeMap<i64, Features>,
+        eval: Option<EvalSet>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let LoadedModel {
+            mut vs,
+            mut unet,
+            sched,
+            config: base_config,
+        } = model;
+        let device = vs.device();
+        let k = base_config.model.num_classes;
+        let classes: Vec<i64> = if cfg.classes.is_empty() {
+            (0..k).collect()
+        } else {
+            let mut c = cfg.classes.clone();
+            c.sort_unstable();
+            c.dedup();
+            c
+        };
+        if let Some(c) = classes.iter().find(|&&c| c >= k) {
+            bail!(
+                "class {c} out of range: the base model has classes 0..={}",
+                k - 1
+            );
+        }
+        let spec = cfg.reward_spec();
+        let mut rewards = BTreeMap::new();
+        for &c in &classes {
+            let r = references
+                .get(&c)
+                .with_context(|| format!("no reference images for class {c}"))?;
+            if r.dim() as i64 != phi.dim() {
+                bail!(
+                    "reference features of class {c} have dimension {}, ϕ ({}) gives {}",
+                    r.dim(),
+                    phi.name(),
+                    phi.dim()
+                );
+            }
+            let dr = DiversityReward::new(&spec, r.clone())
+                .with_context(|| format!("reward of class {c}"))?;
+            if cfg.images_per_class < dr.min_individual_size() {
+                bail!(
+                    "the {} reward's per-image rewards need images_per_class >= {}, got {}",
+                    cfg.reward,
+                    dr.min_individual_size(),
+                    cfg.images_per_class
+                );
+            }
+            rewards.insert(c, dr);
+        }
+        let ref_model = if cfg.kl_coef > 0.0 {
+            let mut rvs = VarStore::new(device);
+            let runet = UNet::new(&rvs.root(), &base_config.model)?;
+            copy_vars(&rvs, &vs)?;
+            rvs.freeze();
+            Some((rvs, runet))
+        } else {
+            None
+        };
+        let adam = AdamWConfig {
+            beta1: cfg.adam_beta1,
+            beta2: cfg.adam_beta2,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+        };
+        let (lora_vs, opt) = if cfg.full_finetune {
+            vs.unfreeze();
+            let opt = AdamW::new(&vs, adam);
+            (None, opt)
+        } else {
+            vs.freeze();
+            tch::manual_seed(cfg.seed as i64);
+            let lvs = VarStore::new(device);
+            let n = unet.add_lora(&lvs.root(), &cfg.lora_config())?;
+            if n == 0 {
+                bail!("no layer matched the LoRA targets {:?}", cfg.lora_targets);
+            }
+            let opt = AdamW::new(&lvs, adam);
+            (Some(lvs), opt)
+        };
+        let tracker = ConditionStatTracker::new(cfg.tracker_buffer, cfg.tracker_min_count);
+        let rng = SplitMix64(cfg.seed ^ 0x5EED_D1B5_0000_0001);
+        Ok(Self {
+            cfg,
+            base_config,
+            vs,
+            unet,
+            sched,
+            lora_vs,
+            ref_model,
+            opt,
+            tracker,
+            rng,
+            epoch: 0,
+            images_seen: 0,
+            train_seconds: 0.0,
+            classes,
+            phi,
+            rewards,
+            eval,
+            device,
+            last_checkpoint: None,
+            log_lines: Vec::new(),
+        })
+    }
+
+    /// The variables that train (adapters, or all base weights).
+    pub fn trainable(&self) -> &VarStore {
+        self.lora_vs.as_ref().unwrap_or(&self.vs)
+    }
+
+    fn image_shape(&self) -> [i64; 3] {
+        let m = &self.base_config.model;
+        [m.in_channels, m.image_size, m.image_size]
+    }
+
+    /// Algorithm 1, line 3: M images per condition, with their trajectories and log-probs.
+    pub fn sample_rollout(&mut self) -> Result<Rollout> {
+        let mut conds = self.classes.clone();
+        let per_epoch = self.cfg.classes_per_epoch;
+        if per_epoch > 0 && per_epoch < conds.len() {
+            self.rng.shuffle(&mut conds);
+            conds.truncate(per_epoch);
+            conds.sort_unstable();
+        }
+        let m = self.cfg.images_per_class;
+        let labels: Vec<i64> = conds
+            .iter()
+            .flat_map(|&c| std::iter::repeat_n(c, m))
+            .collect();
+        let chunk = match self.cfg.sample_batch_size {
+            0 => labels.len(),
+            n => n,
+        };
+        let sampler = self.cfg.sampler_config();
+        let mut parts = Vec::new();
+        for ls in labels.chunks(chunk) {
+            let seed = self.rng.next_u64();
+            let y = Tensor::from_slice(ls).to_device(self.device);
+            parts.push(sample_trajectory(
+                &self.unet,
+                &self.sched,
+                &sampler,
+                &y,
+                self.image_shape(),
+                seed,
+            )?);
+        }
+        let traj = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Trajectory {
+                latents: Tensor::cat(&parts.iter().map(|p| &p.latents).collect::<Vec<_>>(), 1),
+                timesteps: parts[0].timesteps.clone(),
+                log_probs: Tensor::cat(&parts.iter().map(|p| &p.log_probs).collect::<Vec<_>>(), 1),
+                classes: Tensor::cat(&parts.iter().map(|p| &p.classes).collect::<Vec<_>>(), 0),
+                sampler,
+            }
+        };
+        Ok(Rollout {
+            traj,
+            conditions: labels,
+        })
+    }
+
+    /// ϕ-features of `[-1, 1]` images, batched, on the CPU.
+    fn features(&self, images: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
+        let out = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false));
+        match out {
+            Ok(e) => Ok((e.features, e.logits)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Algorithm 1, lines 4–5: set rewards per condition and each image's marginal utility.
+    /// A non-finite feature or reward is an error (the run stops before touching the weights).
+    pub fn score(&self, roll: &Rollout) -> Result<Scores> {
+        let images = roll.traj.images();
+        let (feats, _) = self
+            .features(&images)
+            .map_err(|e| anyhow::anyhow!("non-finite or failed ϕ features: {e}"))?;
+        let all = to_features("generated features", &feats)
+            .map_err(|e| anyhow::anyhow!("non-finite reward: {e}"))?;
+        let mut rewards = vec![0.0; roll.conditions.len()];
+        let mut set_rewards = BTreeMap::new();
+        let mut conds = roll.conditions.clone();
+        conds.dedup();
+        for c in conds {
+            let idx: Vec<usize> = (0..roll.conditions.len())
+                .filter(|&i| roll.conditions[i] == c)
+                .collect();
+            let out = self.rewards[&c]
+                .evaluate(&all.select_rows(&idx))
+                .with_context(|| format!("reward of class {c}"))?;
+            if !out.set_reward.is_finite() || out.individual.iter().any(|r| !r.is_finite()) {
+                bail!(
+                    "non-finite reward for class {c} (set reward {}, per-image {:?})",
+                    out.set_reward,
+                    out.individual
+                );
+            }
+            for (j, &i) in idx.iter().enumerate() {
+                rewards[i] = out.individual[j] * self.cfg.reward_scale;
+            }
+            set_rewards.insert(c, out.set_reward);
+        }
+        Ok(Scores {
+            rewards,
+            set_rewards,
+        })
+    }
+
+    /// Algorithm 1, line 6: `inner_epochs` rounds of clipped importance-sampling updates over the
+    /// rollout, on a `timestep_fraction` of each trajectory's steps (shuffled per trajectory),
+    /// minibatches of `train_batch_size`, `grad_accum` minibatches per optimizer step.
+    #[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
+    pub fn ppo_update(&mut self, roll: &Rollout, advantages: &[f64]) -> Result<PpoStats> {
+        let traj = &roll.traj;
+        let b = roll.conditions.len();
+        if advantages.len() != b {
+            bail!("{} advantages for {b} samples", advantages.len());
+        }
+        let k = traj.num_steps();
+        let n_t = ((self.cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
+        let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
+            .to_device(self.device);
+        let sampler = traj.sampler.clone();
+        let mut st = PpoStats::default();
+        let (mut n_terms, mut before_first_step) = (0usize, true);
+        for _ in 0..self.cfg.inner_epochs {
+            let mut order: Vec<usize> = (0..b).collect();
+            self.rng.shuffle(&mut order);
+            let tperm: Vec<Vec<usize>> = (0..b)
+                .map(|_| {
+                    let mut p: Vec<usize> = (0..k).collect();
+                    self.rng.shuffle(&mut p);
+                    p
+                })
+                .collect();
+            let minibatches: Vec<&[usize]> = order.chunks(self.cfg.train_batch_size).collect();
+            for group in minibatches.chunks(self.cfg.grad_accum) {
+                self.opt.zero_grad();
+                let denom = (n_t * group.len()) as f64;
+                for mb in group {
+                    let mb_idx =
+                        Tensor::from_slice(&mb.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                            .to_device(self.device);
+                    let a = adv.index_select(0, &mb_idx);
+                    for j in 0..n_t {
+                        let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
+                        let sb = StepBatch::gather(&self.sched, traj, mb, &steps);
+                        let (mean, std) = sb.gaussian(&self.unet, &sampler);
+                        let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
+                        let terms =
+                            clipped_loss(&lp, &sb.old_log_probs(traj), &a, self.cfg.clip_range);
+                        let mut loss = terms.loss;
+                        if let Some((_, ref_unet)) = &self.ref_model {
+                            let (ref_mean, _) = tch::no_grad(|| sb.gaussian(ref_unet, &sampler));
+                            let kl = gaussian_kl_t(&mean, &ref_mean, &std, sampler.reduction)
+                                .mean(Kind::Float);
+                            st.kl_to_base += kl.double_value(&[]);
+                            loss += kl * self.cfg.kl_coef;
+                        }
+                        let lv = loss.double_value(&[]);
+                        if !lv.is_finite() {
+                            bail!("non-finite PPO loss ({lv}) at epoch {}", self.epoch + 1);
+                        }
+                        (loss / denom).backward();
+                        st.loss += lv;
+                        st.approx_kl += terms.approx_kl;
+                        st.clip_fraction += terms.clip_fraction;
+                        if before_first_step {
+                            st.first_ratio_max_dev =
+                                st.first_ratio_max_dev.max(terms.max_ratio_dev);
+                        }
+                        n_terms += 1;
+                    }
+                }
+                let norm = self.opt.clip_grad_norm(self.cfg.max_grad_norm);
+                if !norm.is_finite() {
+                    bail!("non-finite gradient norm at epoch {}", self.epoch + 1);
+                }
+                self.opt.step(self.cfg.lr);
+                before_first_step = false;
+                st.grad_norm += norm;
+                st.optimizer_steps += 1;
+            }
+        }
+        self.opt.zero_grad();
+        let n = n_terms.max(1) as f64;
+        st.loss /= n;
+        st.approx_kl /= n;
+        st.clip_fraction /= n;
+        st.kl_to_base /= n;
+        st.grad_norm /= st.optimizer_steps.max(1) as f64;
+        Ok(st)
+    }
+
+    /// One iteration of Algorithm 1's loop. Returns the log line and the epoch's images.
+    pub fn step_epoch(&mut self) -> Result<(EpochLog, Tensor)> {
+        let t0 = Instant::now();
+        let roll = self.sample_rollout()?;
+        let scores = self.score(&roll)?;
+        let mut adv = self.tracker.update(&roll.conditions, &scores.rewards)?;
+        clip_advantages(&mut adv, self.cfg.adv_clip);
+        let ppo = self.ppo_update(&roll, &adv)?;
+        self.epoch += 1;
+        let secs = t0.elapsed().as_secs_f64();
+        self.train_seconds += secs;
+        let n = roll.conditions.len();
+        self.images_seen += n as u64;
+        let (rm, rs) = mean_std(&scores.rewards);
+        let set_mean = scores.set_rewards.values().sum::<f64>() / scores.set_rewards.len() as f64;
+        let log = EpochLog {
+            kind: "epoch".into(),
+            epoch: self.epoch,
+            set_reward_mean: set_mean,
+            set_rewards: scores
+                .set_rewards
+                .iter()
+                .map(|(c, r)| (c.to_string(), *r))
+                .collect(),
+            reward_mean: rm,
+            reward_std: rs,
+            reward_min: scores.rewards.iter().cloned().fold(f64::INFINITY, f64::min),
+            reward_max: scores
+                .rewards
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, f64::max),
+            advantage_abs_mean: adv.iter().map(|a| a.abs()).sum::<f64>() / n as f64,
+            ppo,
+            lr: self.cfg.lr,
+            images: n,
+            images_per_s: n as f64 / secs.max(1e-9),
+            seconds: secs,
+        };
+        Ok((log, roll.traj.images()))
+    }
+
+    /// Held-out evaluation: `eval_per_class` images per condition from fixed noise (the same
+    /// before and after fine-tuning), metrics against the held-out real features.
+    pub fn evaluate(&self) -> Result<EvalReport> {
+        let ev = self.eval.as_ref().context("no evaluation set was given")?;
+        let labels: Vec<i64> = self
+            .classes
+            .iter()
+            .flat_map(|&c| std::iter::repeat_n(c, self.cfg.eval_per_class))
+            .collect();
+        let chunk = match self.cfg.sample_batch_size {
+            0 => 100,
+            n => n,
+        };
+        let sampler = self.cfg.sampler_config();
+        let mut imgs = Vec::new();
+        for (i, ls) in labels.chunks(chunk).enumerate() {
+            let y = Tensor::from_slice(ls).to_device(self.device);
+            let seed = (self.cfg.seed ^ 0xE7A1_0000_0000_0000).wrapping_add(i as u64);
+            let t = sample_trajectory(
+                &self.unet,
+                &self.sched,
+                &sampler,
+                &y,
+                self.image_shape(),
+                seed,
+            )?;
+            imgs.push(t.images().to_device(Device::Cpu));
+        }
+        let images = Tensor::cat(&imgs, 0);
+        let (feats, logits) = self.features(&images)?;
+        let attribute = if ev.attribute {
+            let x01 = ((&images + 1.0) / 2.0).clamp(0.0, 1.0);
+            let a = crate::data::inversion_oracle(&x01)?;
+            let labels: Vec<usize> = a.into_iter().map(usize::from).collect();
+            Some(AttributeReport::new(
+                "inversion",
+                vec!["normal".into(), "inverted".into()],
+                &labels,
+            )?)
+        } else {
+            None
+        };
+        crate::eval::evaluate(
+            self.phi.name(),
+            &feats,
+            &ev.features,
+            logits.as_ref(),
+            attribute,
+            EvalOptions::default(),
+        )
+    }
+
+    fn state(&self) -> RlState {
+        RlState {
+            epoch: self.epoch,
+            rng: self.rng.0,
+            tracker: self.tracker.clone(),
+            images_seen: self.images_seen,
+            train_seconds: self.train_seconds,
+            config: self.cfg.clone(),
+        }
+    }
+
+    /// Writes `out/checkpoints/epoch-NNNNNN/` through a temporary folder and a rename, then points
+    /// `out/checkpoints/latest` at it, then prunes old checkpoints.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let root = self.cfg.out.join(CHECKPOINTS_DIR);
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let name = format!("epoch-{:06}", self.epoch);
+        let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let vars: Vec<(String, Tensor)> = self.trainable().variables().into_iter().collect();
+        write_safetensors_atomic(&tmp.join(TRAINABLE_FILE), &vars)?;
+        write_safetensors_atomic(&tmp.join(OPTIM_FILE), &self.opt.state())?;
+        write_atomic(
+            &tmp.join(STATE_FILE),
+            &serde_json::to_vec_pretty(&self.state())?,
+        )?;
+        let dst = root.join(&name);
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst)
+                .with_context(|| format!("removing stale {}", dst.display()))?;
+        }
+        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
+        write_atomic(&root.join(LATEST_FILE), name.as_bytes())?;
+        let mut old: Vec<PathBuf> = std::fs::read_dir(&root)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("epoch-") && n != name)
+            })
+            .collect();
+        old.sort();
+        let keep_old = self.cfg.keep_checkpoints.saturating_sub(1);
+        if old.len() > keep_old {
+            for p in &old[..old.len() - keep_old] {
+                std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        self.last_checkpoint = Some(dst.clone());
+        Ok(dst)
+    }
+
+    /// Restores the newest checkpoint of `out` (weights, optimizer, tracker, RNG, epoch, log).
+    /// Returns false when there is none.
+    pub fn resume(&mut self) -> Result<bool> {
+        let root = self.cfg.out.join(CHECKPOINTS_DIR);
+        let latest = root.join(LATEST_FILE);
+        if !latest.exists() {
+            return Ok(false);
+        }
+        let name = std::fs::read_to_string(&latest)
+            .with_context(|| format!("reading {}", latest.display()))?;
+        let dir = root.join(name.trim());
+        let state: RlState = serde_json::from_slice(
+            &std::fs::read(dir.join(STATE_FILE))
+                .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
+        )
+        .with_context(|| format!("parsing {}", dir.join(STATE_FILE).display()))?;
+        if state.config.training_identity() != self.cfg.training_identity() {
+            bail!(
+                "{} was made with a different configuration (only epochs, out, device, threads and the checkpoint/sample/eval cadence may change on --resume)",
+                dir.display()
+            );
+        }
+        let path = dir.join(TRAINABLE_FILE);
+        match &mut self.lora_vs {
+            Some(lvs) => load_vars(lvs, &path)?,
+            None => load_vars(&mut self.vs, &path)?,
+        }
+        self.opt
+            .load_state(read_safetensors(&dir.join(OPTIM_FILE))?)
+            .with_context(|| format!("{}", dir.join(OPTIM_FILE).display()))?;
+        self.tracker = state.tracker;
+        self.rng = SplitMix64(state.rng);
+        self.epoch = state.epoch;
+        self.images_seen = state.images_seen;
+        self.train_seconds = state.train_seconds;
+        self.last_checkpoint = Some(dir);
+        // Keep the log lines up to the checkpoint's epoch.
+        let log = self.cfg.out.join(LOG_FILE);
+        if log.exists() {
+            let text = std::fs::read_to_string(&log)?;
+            self.log_lines = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+                        .is_some_and(|e| e as usize <= self.epoch)
+                })
+                .map(str::to_string)
+                .collect();
+        }
+        Ok(true)
+    }
+
+    fn append_log<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        self.log_lines.push(serde_json::to_string(record)?);
+        let mut text = self.log_lines.join("\n");
+        text.push('\n');
+        write_atomic(&self.cfg.out.join(LOG_FILE), text.as_bytes())
+    }
+
+    fn eval_and_log(&mut self) -> Result<EvalReport> {
+        let t0 = Instant::now();
+        let report = self.evaluate()?;
+        let rec = EvalLog {
+            kind: "eval".into(),
+            epoch: self.epoch,
+            report: report.clone(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        self.append_log(&rec)?;
+        Ok(report)
+    }
+
+    /// Runs epochs until `cfg.epochs`, logging, writing grids, evaluating and checkpointing, then
+    /// exports the result. Returns the evaluation reports (before, ..., after).
+    pub fn run(&mut self, progress: bool) -> Result<Vec<(usize, EvalReport)>> {
+        let out = self.cfg.out.clone();
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        write_toml(&out.join("config.toml"), &self.cfg)?;
+        let mut evals = Vec::new();
+        let do_eval = self.cfg.eval_every > 0 && self.eval.is_some();
+        if do_eval && self.epoch == 0 {
+            evals.push((0, self.eval_and_log()?));
+        }
+        let total = self.cfg.epochs;
+        let pb = if progress {
+            indicatif::ProgressBar::new(total as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} finetune [{bar:30}] {pos}/{len} epochs {msg} ({elapsed}, ETA {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb.set_position(self.epoch as u64);
+        while self.epoch < total {
+            let (log, images) = self.step_epoch().map_err(|e| {
+                let keep = match &self.last_checkpoint {
+                    Some(p) => format!("the last good checkpoint is {}", p.display()),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                e.context(format!(
+                    "epoch {} failed, run stopped ({keep})",
+                    self.epoch + 1
+                ))
+            })?;
+            self.append_log(&log)?;
+            let e = self.epoch;
+            if self.cfg.sample_every > 0 && e % self.cfg.sample_every == 0 {
+                save_grid(
+                    &images,
+                    self.cfg.images_per_class,
+                    &out.join("samples").join(format!("epoch-{e:06}.png")),
+                )?;
+            }
+            if do_eval && (e % self.cfg.eval_every == 0 || e == total) {
+                evals.push((e, self.eval_and_log()?));
+            }
+            if (self.cfg.checkpoint_every > 0 && e % self.cfg.checkpoint_every == 0) || e == total {
+                self.save_checkpoint()?;
+            }
+            pb.set_message(format!("set reward {:.4}", log.set_reward_mean));
+            pb.set_position(e as u64);
+            if !progress {
+                tracing::info!(
+                    "epoch {e}/{total}: set reward {:.5}, reward {:.5}±{:.5}, kl {:.2e}, clip {:.3}, grad {:.3e}, {:.1} img/s",
+                    log.set_reward_mean,
+                    log.reward_mean,
+                    log.reward_std,
+                    log.ppo.approx_kl,
+                    log.ppo.clip_fraction,
+                    log.ppo.grad_norm,
+                    log.images_per_s
+                );
+            }
+        }
+        pb.finish_and_clear();
+        self.export()?;
+        Ok(evals)
+    }
+
+    /// Writes `out/lora.safetensors` + `out/lora.toml` (LoRA runs) and `out/merged/`, a base
+    /// checkpoint folder with the adapters folded in (loadable by `divrl sample`).
+    pub fn export(&self) -> Result<()> {
+        let out = &self.cfg.out;
+        let mut merged: BTreeMap<String, Tensor> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect();
+        if let Some(lvs) = &self.lora_vs {
+            let lora: BTreeMap<String, Tensor> = lvs.variables().into_iter().collect();
+            write_safetensors_atomic(
+                &out.join(LORA_FILE),
+                &lora
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect::<Vec<_>>(),
+            )?;
+            write_toml(&out.join(LORA_CONFIG_FILE), &self.cfg.lora_config())?;
+            let scale = self.cfg.lora_config().scale();
+            tch::no_grad(|| -> Result<()> {
+                for (name, a) in &lora {
+                    let Some(prefix) = name.strip_suffix(".lora_a") else {
+                        continue;
+                    };
+                    let b = lora
+                        .get(&format!("{prefix}.lora_b"))
+                        .with_context(|| format!("LoRA {prefix} has no lora_b"))?;
+                    let w = merged
+                        .get_mut(&format!("{prefix}.weight"))
+                        .with_context(|| format!("LoRA {prefix} has no base weight"))?;
+                    *w = &*w + b.matmul(a) * scale;
+                }
+                Ok(())
+            })?;
+        }
+        let dir = out.join(MERGED_DIR);
+        std::fs::create_dir_all(&dir)?;
+        write_safetensors_atomic(&dir.join(EMA_FILE), &merged.into_iter().collect::<Vec<_>>())?;
+        write_toml(&dir.join(CONFIG_FILE), &self.base_config)?;
+        Ok(())
+    }
+}
+
+/// Reads a run's `config.toml` back.
+pub fn read_run_config(dir: &Path) -> Result<FinetuneConfig> {
+    read_toml(&dir.join("config.toml"))
+}
