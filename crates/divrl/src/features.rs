@@ -511,16 +511,26 @@ impl ImageSource {
             Self::Dir(root) => load_image_files(&Self::dir_files(root)?),
             Self::Builtin(spec) => {
                 let (ds, pool) = spec.split_once(':').unwrap_or((spec, ""));
+                use crate::data as d;
                 let data = if pool == "test" {
-                    crate::data::fashion_mnist_test()?
+                    d::fashion_mnist_test()?
                 } else {
-                    let s = if ds == "fashion-mnist-skewed" {
-                        crate::data::skew_splits(
-                            crate::data::fashion_mnist_splits()?,
-                            crate::data::SPLIT_SEED,
-                        )
+                    // The evaluation and reference pools come from the test split alone (the
+                    // 60k training split is only read for the training pool).
+                    let s = if pool == "train" {
+                        d::fashion_mnist_splits()?
                     } else {
-                        crate::data::fashion_mnist_splits()?
+                        d::split_dataset(
+                            &d::fashion_mnist_test()?,
+                            d::FASHION_EVAL_PER_CLASS,
+                            d::FASHION_REF_PER_CLASS,
+                            d::SPLIT_SEED,
+                        )?
+                    };
+                    let s = if ds == "fashion-mnist-skewed" {
+                        d::skew_splits(s, d::SPLIT_SEED)
+                    } else {
+                        s
                     };
                     match pool {
                         "train" => s.train,

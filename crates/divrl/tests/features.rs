@@ -245,3 +245,20 @@ fn cache_is_keyed_by_content_and_extractor() {
     let (_, hit) = features_of_source(&ext, &src, Some(&cache), 0, false).unwrap();
     assert!(!hit);
 }
+
+#[test]
+fn builtin_pools_are_the_default_splits() {
+    let s = divrl::data::fashion_mnist_splits().unwrap();
+    let e = ImageSource::parse("fashion-mnist:eval")
+        .unwrap()
+        .load()
+        .unwrap();
+    assert!(e.equal(&s.eval.images));
+    let k = divrl::data::skew_splits(s, divrl::data::SPLIT_SEED);
+    let r = ImageSource::parse("fashion-mnist-skewed:reference")
+        .unwrap()
+        .load()
+        .unwrap();
+    assert!(r.equal(&k.reference.images));
+    assert!(ImageSource::parse("fashion-mnist-skewed:test").is_err());
+}

@@ -18,6 +18,8 @@ pub enum AttributeArg {
     Inversion,
     /// The extractor's predicted class (argmax of its logits)
     Classes,
+    /// CLIP zero-shot classification among --clip-prompts (ITI-GEN's evaluation)
+    Clip,
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +45,12 @@ pub struct Args {
     /// Attribute whose histogram over the generated images is reported with its KL to uniform
     #[arg(long, value_enum, default_value = "none")]
     pub attribute: AttributeArg,
+    /// Prompts of the attribute values for --attribute clip (repeat the option, one per value)
+    #[arg(long = "clip-prompt")]
+    pub clip_prompts: Vec<String>,
+    /// CLIP folder for --attribute clip [default: --weights when --extractor clip, else $DIVRL_CLIP or models/clip]
+    #[arg(long)]
+    pub clip_weights: Option<PathBuf>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -114,6 +122,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let pred: Vec<i64> = Vec::<i64>::try_from(&l.argmax(-1, false))?;
             let pred: Vec<usize> = pred.into_iter().map(|v| v as usize).collect();
             Some(AttributeReport::new("classes", names, &pred)?)
+        }
+        AttributeArg::Clip => {
+            if args.clip_prompts.len() < 2 {
+                bail!("--attribute clip needs at least two --clip-prompt values");
+            }
+            let dir = match (&args.clip_weights, args.extractor.as_str(), &args.weights) {
+                (Some(d), _, _) => d.clone(),
+                (None, "clip", Some(w)) => w.clone(),
+                _ => divrl::features::default_clip_dir(),
+            };
+            let clip = divrl::models::clip::load_clip(&dir, None, device)?;
+            let images = gen_src.load()?;
+            let mut labels = Vec::with_capacity(images.size()[0] as usize);
+            for chunk in images.split(32, 0) {
+                let p = clip.zero_shot(&chunk, &args.clip_prompts)?;
+                let am: Vec<i64> = Vec::<i64>::try_from(&p.argmax(-1, false))?;
+                labels.extend(am.into_iter().map(|v| v as usize));
+            }
+            Some(AttributeReport::new(
+                "clip",
+                args.clip_prompts.clone(),
+                &labels,
+            )?)
         }
     };
     let report = evaluate(

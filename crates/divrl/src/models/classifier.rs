@@ -46,12 +46,12 @@ impl Default for ClassifierConfig {
         Self {
             in_channels: 1,
             image_size: 28,
-            channels: vec![32, 64, 64],
+            channels: vec![32, 64, 128],
             convs_per_level: 1,
             feature_dim: 128,
             num_classes: 10,
             groups: 8,
-            dropout: 0.3,
+            dropout: 0.2,
             class_names: crate::data::FASHION_MNIST_CLASSES
                 .iter()
                 .map(|s| s.to_string())
@@ -214,12 +214,12 @@ pub struct ClassifierTrainConfig {
 impl Default for ClassifierTrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 5,
+            epochs: 6,
             batch_size: 128,
             lr: 2e-3,
             weight_decay: 0.05,
             hflip: true,
-            max_shift: 2,
+            max_shift: 0,
             seed: 0,
         }
     }
