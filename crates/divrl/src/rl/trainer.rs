@@ -511,10 +511,9 @@ impl Finetuner {
     /// before and after fine-tuning), metrics against the held-out real features.
     pub fn evaluate(&self) -> Result<EvalReport> {
         let ev = self.eval.as_ref().context("no evaluation set was given")?;
-        let labels: Vec<i64> = self
-            .classes
-            .iter()
-            .flat_map(|&c| std::iter::repeat_n(c, self.cfg.eval_per_class))
+        // Interleaved (0, 1, …, 0, 1, …) so every Inception-Score split holds every condition.
+        let labels: Vec<i64> = (0..self.cfg.eval_per_class)
+            .flat_map(|_| self.classes.iter().copied())
             .collect();
         let chunk = match self.cfg.sample_batch_size {
             0 => 100,
