@@ -352,3 +352,22 @@ fn toy_policy_spreads_towards_two_reference_modes() {
     eprintln!("{r:?}");
     assert!(third(0) < third(1) && third(1) < third(2), "{r:?}");
 }
+
+#[test]
+fn kl_to_base_is_zero_until_the_policy_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_run_cfg(dir.path());
+    cfg.kl_coef = 0.5;
+    cfg.lr = 1e-2;
+    cfg.train_batch_size = 12; // one optimizer step per update
+    let mut ft = Finetuner::new(cfg, tiny_model(7), pixels(), two_mode_refs(64, 3), None).unwrap();
+    let roll = ft.sample_rollout().unwrap();
+    let adv: Vec<f64> = (0..roll.conditions.len())
+        .map(|i| (i % 4) as f64 - 1.5)
+        .collect();
+    // Zero-initialised adapters: the policy is the base, exactly.
+    let first = ft.ppo_update(&roll, &adv).unwrap();
+    assert_eq!(first.kl_to_base, 0.0);
+    let second = ft.ppo_update(&roll, &adv).unwrap();
+    assert!(second.kl_to_base > 0.0 && second.kl_to_base.is_finite());
+}
