@@ -23,7 +23,7 @@ np.save(path, imgs[idx])
 PY
 for ext in small inception; do
   start=$(date +%s.%N)
-  "$root/target/release/divrl" eval --generated "$tmp/train.npy" --reference fashion-mnist:eval \
+  "${DIVRL:-$root/target/release/divrl}" eval --generated "$tmp/train.npy" --reference fashion-mnist:eval \
     --extractor "$ext" --no-cache --device "${DEVICE:-cpu}" --no-progress --json --out "$out/fid-$ext-train$n-vs-test2000.json" >/dev/null
   end=$(date +%s.%N)
   python3 - "$out/fid-$ext-train$n-vs-test2000.json" "$start" "$end" "$n" <<'PY'

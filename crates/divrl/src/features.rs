@@ -211,6 +211,47 @@ impl Extractor for InceptionExtractor {
     }
 }
 
+/// `inception-native`: FID InceptionV3 pool3 from divrl's own port
+/// ([`crate::models::inception::NativeInception`]), with
+/// logits (1008 classes) when the weights have pytorch-fid's `fc` layer.
+pub struct NativeInceptionExtractor {
+    pub net: crate::models::inception::NativeInception,
+    fingerprint: String,
+}
+
+impl NativeInceptionExtractor {
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let net = crate::models::inception::NativeInception::load(path, device)?;
+        let h = file_hash(path)?;
+        Ok(Self {
+            net,
+            fingerprint: format!("inception-native-v1-{}", &h[..16]),
+        })
+    }
+}
+
+impl Extractor for NativeInceptionExtractor {
+    fn name(&self) -> &str {
+        "inception-native"
+    }
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+    fn dim(&self) -> i64 {
+        crate::models::inception::POOL3_DIM
+    }
+    fn default_batch(&self) -> usize {
+        32
+    }
+    fn device(&self) -> Device {
+        self.net.device()
+    }
+    fn forward(&self, images: &Tensor) -> Result<Extracted> {
+        let (features, logits) = self.net.forward(&images.clamp(0.0, 1.0))?;
+        Ok(Extracted { features, logits })
+    }
+}
+
 /// `clip`: projected CLIP image embeddings (HF `CLIPModel` folder).
 pub struct ClipExtractor {
     pub clip: crate::models::clip::LoadedClip,
@@ -260,7 +301,7 @@ pub fn default_clip_dir() -> PathBuf {
 }
 
 /// Names accepted by [`load_extractor`].
-pub const EXTRACTORS: [&str; 3] = ["small", "inception", "clip"];
+pub const EXTRACTORS: [&str; 4] = ["small", "inception", "inception-native", "clip"];
 
 /// Builds an extractor by name. `weights` overrides the default weights (a classifier checkpoint
 /// folder for `small`, a TorchScript archive for `inception`, a CLIP folder for `clip`).
@@ -281,6 +322,12 @@ pub fn load_extractor(
                 .map(Path::to_path_buf)
                 .unwrap_or_else(crate::models::inception::default_archive_path);
             Ok(Box::new(InceptionExtractor::load(&p, device)?))
+        }
+        "inception-native" => {
+            let p = weights
+                .map(Path::to_path_buf)
+                .unwrap_or_else(crate::models::inception::default_archive_path);
+            Ok(Box::new(NativeInceptionExtractor::load(&p, device)?))
         }
         "clip" => {
             let d = weights

@@ -88,3 +88,125 @@ fn preprocessing_and_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("299"), "{e}");
 }
+
+use divrl::models::inception::{conv_names, NativeInception};
+use std::collections::{BTreeMap, HashMap};
+
+fn archive_params(path: &Path) -> HashMap<String, Tensor> {
+    tch::CModule::load(path)
+        .unwrap()
+        .named_parameters()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("net.layers.").unwrap().to_string(), v))
+        .collect()
+}
+
+#[test]
+fn native_port_matches_the_archive() {
+    let Some(a) = archive() else { return };
+    tch::set_num_threads(1);
+    let net = NativeInception::load(&a, Device::Cpu).unwrap();
+    assert!(!net.has_logits());
+    for (images, want) in [("grey.npy", "grey_pool3.npy"), ("rgb.npy", "rgb_pool3.npy")] {
+        let x = ImageSource::parse(fixture(images).to_str().unwrap())
+            .unwrap()
+            .load()
+            .unwrap();
+        let (got, logits) = net.forward(&x).unwrap();
+        assert!(logits.is_none());
+        let diff = (&got - read_f32(&fixture(want)))
+            .abs()
+            .max()
+            .double_value(&[]);
+        eprintln!("native {images}: max |diff| {diff:.3e}");
+        assert!(diff <= 1e-5, "{images}: native port differs by {diff}");
+    }
+    let ext = load_extractor("inception-native", Some(&a), Device::Cpu).unwrap();
+    assert_eq!(ext.name(), "inception-native");
+}
+
+#[test]
+fn torchvision_layout_of_pytorch_fid() {
+    // The names and shapes of pytorch-fid's FIDInceptionV3 (fixtures/inception/pytorch_fid_layout.py,
+    // which also checked that network against the archive to 1e-6).
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pytorch_fid_layout.json")).unwrap())
+            .unwrap();
+    assert!(json["max_abs_diff_vs_torchscript"].as_f64().unwrap() < 1e-5);
+    let keys: BTreeMap<String, Vec<i64>> = serde_json::from_value(json["keys"].clone()).unwrap();
+    let mut mine: Vec<String> = vec!["fc.weight".into(), "fc.bias".into()];
+    for (_, tv) in conv_names() {
+        for s in [
+            "conv.weight",
+            "bn.weight",
+            "bn.bias",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.num_batches_tracked",
+        ] {
+            mine.push(format!("{tv}.{s}"));
+        }
+    }
+    mine.sort();
+    assert_eq!(mine, keys.keys().cloned().collect::<Vec<_>>());
+    let Some(a) = archive() else { return };
+    let ts = archive_params(&a);
+    // Same weights in the torchvision layout (γ = 1, plus an fc layer): same pool3, and logits.
+    let mut tv: HashMap<String, Tensor> = HashMap::new();
+    for (t, v) in conv_names() {
+        let w = &ts[&format!("{t}.weight")];
+        assert_eq!(&w.size(), &keys[&format!("{v}.conv.weight")], "{t} ↔ {v}");
+        tv.insert(format!("{v}.conv.weight"), w.shallow_clone());
+        tv.insert(
+            format!("{v}.bn.weight"),
+            ts[&format!("{t}.beta")].ones_like(),
+        );
+        tv.insert(
+            format!("{v}.bn.bias"),
+            ts[&format!("{t}.beta")].shallow_clone(),
+        );
+        tv.insert(
+            format!("{v}.bn.running_mean"),
+            ts[&format!("{t}.mean")].shallow_clone(),
+        );
+        tv.insert(
+            format!("{v}.bn.running_var"),
+            ts[&format!("{t}.var")].shallow_clone(),
+        );
+    }
+    tch::manual_seed(0);
+    let fc_w = Tensor::randn([1008, 2048], (Kind::Float, Device::Cpu)) * 0.01;
+    let fc_b = Tensor::randn([1008], (Kind::Float, Device::Cpu));
+    tv.insert("fc.weight".into(), fc_w.shallow_clone());
+    tv.insert("fc.bias".into(), fc_b.shallow_clone());
+    let net = NativeInception::from_tensors(tv, Device::Cpu).unwrap();
+    assert!(net.has_logits());
+    let x = ImageSource::parse(fixture("grey.npy").to_str().unwrap())
+        .unwrap()
+        .load()
+        .unwrap();
+    let (pool3, logits) = net.forward(&x).unwrap();
+    let want = read_f32(&fixture("grey_pool3.npy"));
+    assert!((&pool3 - &want).abs().max().double_value(&[]) <= 1e-5);
+    let l = logits.unwrap();
+    assert_eq!(l.size(), [4, 1008]);
+    let manual = want.matmul(&fc_w.tr()) + fc_b;
+    assert!((l - manual).abs().max().double_value(&[]) < 1e-3);
+}
+
+#[test]
+fn reads_pytorch_pickles_and_rejects_partial_weights() {
+    // conv1a_state_dict.pth: torch.save of the first convolution's tensors (torchvision names).
+    let p = fixture("conv1a_state_dict.pth");
+    let t: HashMap<String, Tensor> = Tensor::loadz_multi(&p).unwrap().into_iter().collect();
+    assert_eq!(t["Conv2d_1a_3x3.conv.weight"].size(), [32, 3, 3, 3]);
+    assert_eq!(t["Conv2d_1a_3x3.bn.running_var"].size(), [32]);
+    let e = NativeInception::load(&p, Device::Cpu).err().unwrap();
+    assert!(format!("{e:#}").contains("missing"), "{e:#}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("x.pth");
+    std::fs::write(&bad, b"junk").unwrap();
+    assert!(NativeInception::load(&bad, Device::Cpu).is_err());
+    assert!(NativeInception::load(&dir.path().join("none.pth"), Device::Cpu).is_err());
+}
