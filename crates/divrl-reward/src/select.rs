@@ -441,8 +441,8 @@ fn gp_dfs(
 struct RecallMasks {
     o: usize,
     words: usize,
-    /// `rank[i * o + j]`: position of `j` among the others of `i` by distance.
-    rank: Vec<usize>,
+    /// `order[i * (o - 1) + r]`: the other candidate at distance rank `r` from `i`.
+    order: Vec<usize>,
     /// `mask[((i * (o - 1)) + r) * words ..]`: references covered by `i` at radius rank `r`.
     mask: Vec<u64>,
 }
@@ -451,13 +451,12 @@ impl RecallMasks {
     fn new(d_gg: &Mat<f64>, d_gr: &Mat<f64>) -> Self {
         let (o, n) = (d_gg.nrows(), d_gr.ncols());
         let words = n.div_ceil(64);
-        let mut rank = vec![0; o * o];
+        let mut order = Vec::with_capacity(o * o.saturating_sub(1));
         let mut mask = vec![0u64; o * o.saturating_sub(1) * words];
         for i in 0..o {
             let mut others: Vec<usize> = (0..o).filter(|&j| j != i).collect();
             others.sort_by(|&a, &b| d_gg[(i, a)].total_cmp(&d_gg[(i, b)]));
             for (r, &j) in others.iter().enumerate() {
-                rank[i * o + j] = r;
                 let radius = d_gg[(i, j)];
                 let m = &mut mask[(i * (o - 1) + r) * words..(i * (o - 1) + r + 1) * words];
                 for t in 0..n {
@@ -466,28 +465,36 @@ impl RecallMasks {
                     }
                 }
             }
+            order.extend(others);
         }
         RecallMasks {
             o,
             words,
-            rank,
+            order,
             mask,
         }
     }
 
-    /// Number of references covered by the subset with k-NN balls.
-    fn covered(&self, subset: &[usize], k: usize, acc: &mut [u64], ranks: &mut Vec<usize>) -> u32 {
+    /// Number of references covered by the subset (members flagged in `in_set`) with
+    /// k-NN balls: a member's radius rank is where its k-th fellow member appears in its
+    /// distance order.
+    fn covered(&self, subset: &[usize], in_set: &[bool], k: usize, acc: &mut [u64]) -> u32 {
         acc.iter_mut().for_each(|w| *w = 0);
+        let stride = self.o - 1;
         for &i in subset {
-            ranks.clear();
-            ranks.extend(
-                subset
-                    .iter()
-                    .filter(|&&j| j != i)
-                    .map(|&j| self.rank[i * self.o + j]),
-            );
-            let (_, r, _) = ranks.select_nth_unstable(k - 1);
-            let m = &self.mask[(i * (self.o - 1) + *r) * self.words..][..self.words];
+            let order = &self.order[i * stride..(i + 1) * stride];
+            let mut seen = 0;
+            let mut rank = 0;
+            for (r, &j) in order.iter().enumerate() {
+                if in_set[j] {
+                    seen += 1;
+                    if seen == k {
+                        rank = r;
+                        break;
+                    }
+                }
+            }
+            let m = &self.mask[(i * stride + rank) * self.words..][..self.words];
             acc.iter_mut().zip(m).for_each(|(a, b)| *a |= b);
         }
         acc.iter().map(|w| w.count_ones()).sum()
@@ -501,45 +508,46 @@ fn recall_exhaustive(
     m: usize,
     best: &mut Best,
 ) {
-    let masks = RecallMasks::new(d_gg, d_gr);
-    let n = d_gr.ncols() as f64;
-    let mut acc = vec![0u64; masks.words];
-    let mut ranks = Vec::with_capacity(m);
-    let mut chosen = Vec::with_capacity(m);
-    #[allow(clippy::too_many_arguments)]
-    fn rec(
-        masks: &RecallMasks,
+    struct Walk<'a> {
+        masks: RecallMasks,
         k: usize,
         n: f64,
         m: usize,
-        start: usize,
-        chosen: &mut Vec<usize>,
-        acc: &mut [u64],
-        ranks: &mut Vec<usize>,
-        best: &mut Best,
-    ) {
-        if chosen.len() == m {
-            let c = masks.covered(chosen, k, acc, ranks);
-            best.offer(f64::from(c) / n, chosen);
-            return;
-        }
-        for j in start..=masks.o - (m - chosen.len()) {
-            chosen.push(j);
-            rec(masks, k, n, m, j + 1, chosen, acc, ranks, best);
-            chosen.pop();
+        chosen: Vec<usize>,
+        in_set: Vec<bool>,
+        acc: Vec<u64>,
+        best: &'a mut Best,
+    }
+    impl Walk<'_> {
+        fn rec(&mut self, start: usize) {
+            if self.chosen.len() == self.m {
+                let c = self
+                    .masks
+                    .covered(&self.chosen, &self.in_set, self.k, &mut self.acc);
+                self.best.offer(f64::from(c) / self.n, &self.chosen);
+                return;
+            }
+            for j in start..=self.masks.o - (self.m - self.chosen.len()) {
+                self.chosen.push(j);
+                self.in_set[j] = true;
+                self.rec(j + 1);
+                self.in_set[j] = false;
+                self.chosen.pop();
+            }
         }
     }
-    rec(
-        &masks,
-        reward.k(),
-        n,
+    let masks = RecallMasks::new(d_gg, d_gr);
+    let mut walk = Walk {
+        k: reward.k(),
+        n: d_gr.ncols() as f64,
         m,
-        0,
-        &mut chosen,
-        &mut acc,
-        &mut ranks,
+        chosen: Vec::with_capacity(m),
+        in_set: vec![false; masks.o],
+        acc: vec![0u64; masks.words],
+        masks,
         best,
-    );
+    };
+    walk.rec(0);
 }
 
 /// A gain in a max-heap: larger first, then the smaller candidate index.
