@@ -32,12 +32,12 @@ for r in $(seq "$reps"); do
   p_train=$("$py" bench/unet_torch.py train --steps 20 --warmup 10 --batch-size 64 "${pyth[@]}" |
     "$py" -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["images_per_s"])')
   for g in 1 4; do
-    target/release/divrl sample --checkpoint "$ck" --n 8 --steps 50 --guidance "$g" --device cpu \
+    target/release/divrl sample --checkpoint "$ck" --n 4 --steps 20 --guidance "$g" --device cpu \
       --threads "$threads" --out "$tmp/g.png" 2>"$tmp/slog"
     d_s=$(grep -o '([0-9.]* img/s)' "$tmp/slog" | tr -d '(' | awk '{print $1}')
-    p_s=$("$py" bench/unet_torch.py sample --checkpoint "$ck" --n 80 --steps 50 --guidance "$g" "${pyth[@]}" |
+    p_s=$("$py" bench/unet_torch.py sample --checkpoint "$ck" --n 40 --steps 20 --guidance "$g" "${pyth[@]}" |
       "$py" -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["images_per_s"])')
     eval "d_s$g=$d_s; p_s$g=$p_s"
   done
-  echo "run $r: train img/s divrl $d_train pytorch $p_train | sample(50 steps, w=1) img/s divrl $d_s1 pytorch $p_s1 | sample(w=4) divrl $d_s4 pytorch $p_s4"
+  echo "run $r: train img/s divrl $d_train pytorch $p_train | sample(40 images, 20 DDIM steps, w=1) img/s divrl $d_s1 pytorch $p_s1 | sample(w=4) divrl $d_s4 pytorch $p_s4"
 done

@@ -257,6 +257,9 @@ impl Trainer {
 pub struct RunOptions<'a> {
     pub out: &'a Path,
     pub progress: bool,
+    /// Stop (with a checkpoint) after this step without changing the learning-rate schedule,
+    /// which stays defined by `steps`; `--resume` continues from there.
+    pub stop_at: Option<usize>,
 }
 
 /// Trains until `cfg.train.steps`, checkpointing and sampling on schedule.
@@ -304,7 +307,8 @@ pub fn run(trainer: &mut Trainer, data: &Dataset, opts: RunOptions) -> Result<()
     let t0 = Instant::now();
     let base_seconds = trainer.state.train_seconds;
     let mut window = (Instant::now(), 0usize);
-    for step in start..tc.steps {
+    let end = opts.stop_at.map_or(tc.steps, |s| s.min(tc.steps));
+    for step in start..end {
         let loss = trainer.train_step(data)?;
         trainer.state.train_seconds = base_seconds + t0.elapsed().as_secs_f64();
         pb.inc(1);
@@ -327,7 +331,7 @@ pub fn run(trainer: &mut Trainer, data: &Dataset, opts: RunOptions) -> Result<()
                 &sampler,
             )?;
         }
-        if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0) || done == tc.steps {
+        if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0) || done == end {
             trainer.save(opts.out)?;
         }
     }

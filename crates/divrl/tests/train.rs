@@ -73,6 +73,7 @@ fn resumed_training_matches_an_uninterrupted_run() {
         RunOptions {
             out: &a,
             progress: false,
+            stop_at: None,
         },
     )
     .unwrap();
@@ -81,10 +82,17 @@ fn resumed_training_matches_an_uninterrupted_run() {
     // A run configured for 4 steps, stopped after 2 and saved, then resumed.
     let mut half = Trainer::new(tiny_base(4), Device::Cpu).unwrap();
     same_init(&half);
-    for _ in 0..2 {
-        half.train_step(&data).unwrap();
-    }
-    half.save(&b).unwrap();
+    train::run(
+        &mut half,
+        &data,
+        RunOptions {
+            out: &b,
+            progress: false,
+            stop_at: Some(2),
+        },
+    )
+    .unwrap();
+    assert_eq!(half.state.step, 2, "--stop-at stops there");
     drop(half);
     let mut resumed = Trainer::resume(&b, Device::Cpu, None).unwrap();
     assert_eq!(resumed.state.step, 2);
@@ -94,6 +102,7 @@ fn resumed_training_matches_an_uninterrupted_run() {
         RunOptions {
             out: &b,
             progress: false,
+            stop_at: None,
         },
     )
     .unwrap();

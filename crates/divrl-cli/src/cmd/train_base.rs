@@ -36,6 +36,10 @@ pub struct Args {
     /// Checkpoint every N steps (0 = only at the end)
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Stop after this step (checkpointing there) without changing the schedule set by --steps;
+    /// continue later with --resume
+    #[arg(long)]
+    pub stop_at: Option<usize>,
     /// cpu, cuda, cuda:N or auto
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -135,6 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         RunOptions {
             out: &args.out,
             progress: !args.no_progress,
+            stop_at: args.stop_at,
         },
     )?;
     let secs = t0.elapsed().as_secs_f64();
