@@ -1,0 +1,402 @@
+//! `divrl features`, `divrl eval` and `divrl train-classifier` end to end through the binary.
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn divrl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_divrl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn write_u8_npy(path: &Path, shape: &[u64], data: &[u8]) {
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::<u8>::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::fs::File::create(path).unwrap())
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+/// `n` copies of one Fashion-MNIST test image as a uint8 `[n, 28, 28]` array.
+fn collapsed_npy(path: &Path, n: usize) {
+    let test = divrl::data::fashion_mnist_test().unwrap();
+    let img: Vec<f32> = Vec::<f32>::try_from(&test.images.get(0).view([-1])).unwrap();
+    let px: Vec<u8> = img.iter().map(|v| (v * 255.0).round() as u8).collect();
+    write_u8_npy(path, &[n as u64, 28, 28], &px.repeat(n));
+}
+
+#[test]
+fn eval_real_halves_and_collapsed_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (code, out, err) = divrl(&[
+        "eval",
+        "--generated",
+        "fashion-mnist:eval",
+        "--reference",
+        "fashion-mnist:reference",
+        "--json",
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--attribute",
+        "classes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let real: Value = serde_json::from_str(&out).unwrap();
+    let collapsed_path = dir.path().join("one.npy");
+    collapsed_npy(&collapsed_path, 500);
+    let report = dir.path().join("report.json");
+    let (code, out, err) = divrl(&[
+        "eval",
+        "--generated",
+        s(&collapsed_path),
+        "--reference",
+        "fashion-mnist:reference",
+        "--json",
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        s(&report),
+        "--attribute",
+        "classes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let col: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        col,
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&report).unwrap()).unwrap()
+    );
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    eprintln!("real {real}\ncollapsed {col}");
+    assert_eq!(real["generated"], 2000);
+    assert_eq!(real["dim"], 128);
+    assert!(
+        f(&real, "fid") < 0.05 * f(&col, "fid"),
+        "FID {} vs collapsed {}",
+        f(&real, "fid"),
+        f(&col, "fid")
+    );
+    for k in ["precision", "recall"] {
+        assert!((0.65..0.95).contains(&f(&real, k)), "{k} {}", f(&real, k));
+    }
+    assert!((0.78..0.95).contains(&f(&real, "coverage")));
+    assert!(f(&col, "recall") < 0.01 && f(&col, "coverage") < 0.01);
+    // Stratified pools: the predicted-class histogram is near uniform; the collapsed set's is one class.
+    assert!(f(&real["attribute"], "kl_to_uniform") < 0.05);
+    assert!((f(&col["attribute"], "kl_to_uniform") - 10f64.ln()).abs() < 1e-9);
+    // The human table.
+    let (code, out, _) = divrl(&[
+        "eval",
+        "--generated",
+        "fashion-mnist:eval",
+        "--reference",
+        "fashion-mnist:reference",
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("FID") && out.contains("coverage") && out.contains("IS"),
+        "{out}"
+    );
+}
+
+#[test]
+fn features_are_cached_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let a = dir.path().join("a.npy");
+    let l = dir.path().join("l.npy");
+    let args = |out: &Path| {
+        vec![
+            "features".to_string(),
+            "--images".into(),
+            "fashion-mnist:eval".into(),
+            "--out".into(),
+            s(out).into(),
+            "--logits-out".into(),
+            s(&l).into(),
+            "--cache-dir".into(),
+            s(&cache).into(),
+            "--device".into(),
+            "cpu".into(),
+            "--no-progress".into(),
+        ]
+    };
+    let a_args = args(&a);
+    let (code, _, err) = divrl(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("from the cache"), "{err}");
+    let b = dir.path().join("b.npy");
+    let b_args = args(&b);
+    let (code, _, err) = divrl(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("from the cache"), "{err}");
+    let fa = divrl_reward::io::read_array(&a).unwrap();
+    assert_eq!(fa.shape, vec![2000, 128]);
+    assert_eq!(fa, divrl_reward::io::read_array(&b).unwrap());
+    assert_eq!(
+        divrl_reward::io::read_array(&l).unwrap().shape,
+        vec![2000, 10]
+    );
+}
+
+#[test]
+fn inversion_attribute_of_the_skewed_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = divrl(&[
+        "eval",
+        "--generated",
+        "fashion-mnist-skewed:eval",
+        "--reference",
+        "fashion-mnist-skewed:reference",
+        "--attribute",
+        "inversion",
+        "--json",
+        "--no-cache",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["attribute"]["counts"], serde_json::json!([1000, 1000]));
+    assert!(v["attribute"]["kl_to_uniform"].as_f64().unwrap().abs() < 1e-12);
+    let _ = dir;
+}
+
+#[test]
+fn bad_inputs_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.npy");
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    std::fs::write(imgs.join("b.png"), b"corrupt").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "features",
+                "--images",
+                s(&imgs),
+                "--out",
+                s(&out),
+                "--no-cache",
+            ],
+            "b.png",
+        ),
+        (
+            vec![
+                "features",
+                "--images",
+                "fashion-mnist:eval",
+                "--out",
+                s(&out),
+                "--weights",
+                "/no/such/dir",
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "features",
+                "--images",
+                "fashion-mnist:eval",
+                "--out",
+                s(&out),
+                "--extractor",
+                "vgg",
+            ],
+            "unknown extractor",
+        ),
+        (
+            vec![
+                "features",
+                "--images",
+                "fashion-mnist:eval",
+                "--out",
+                s(&out),
+                "--extractor",
+                "inception",
+                "--weights",
+                "/no/x.pt",
+            ],
+            "setup-inception",
+        ),
+        (
+            vec![
+                "features",
+                "--images",
+                "fashion-mnist:eval",
+                "--out",
+                s(&out),
+                "--extractor",
+                "clip",
+                "--weights",
+                "/no/clip",
+            ],
+            "CLIP folder",
+        ),
+        (
+            vec!["features", "--images", "/no/images", "--out", s(&out)],
+            "does not exist",
+        ),
+        (
+            vec![
+                "eval",
+                "--generated",
+                "fashion-mnist:eval",
+                "--reference",
+                "fashion-mnist:reference",
+                "--attribute",
+                "clip",
+                "--no-cache",
+            ],
+            "clip-prompt",
+        ),
+        (
+            vec![
+                "eval",
+                "--generated",
+                "fashion-mnist:eval",
+                "--reference",
+                "fashion-mnist:reference",
+                "--extractor",
+                "inception",
+                "--weights",
+                "/no/x.pt",
+            ],
+            "setup-inception",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, stdout, err) = divrl(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(stdout.is_empty());
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("divrl: error:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!out.exists());
+}
+
+const TINY: &str = r#"
+[model]
+in_channels = 1
+image_size = 8
+channels = [4, 8]
+convs_per_level = 1
+feature_dim = 6
+num_classes = 3
+groups = 2
+dropout = 0.0
+class_names = ["a", "b", "c"]
+
+[train]
+epochs = 1
+batch_size = 8
+lr = 0.01
+weight_decay = 0.0
+hflip = false
+max_shift = 1
+seed = 3
+"#;
+
+#[test]
+fn train_classifier_then_use_it_as_the_extractor() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 60usize;
+    let x = dir.path().join("x.npy");
+    let y = dir.path().join("y.npy");
+    write_u8_npy(
+        &x,
+        &[n as u64, 8, 8],
+        &(0..n * 64)
+            .map(|i| ((i * 31) % 256) as u8)
+            .collect::<Vec<_>>(),
+    );
+    write_u8_npy(
+        &y,
+        &[n as u64],
+        &(0..n).map(|i| (i % 3) as u8).collect::<Vec<_>>(),
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let ck = dir.path().join("clf");
+    let data = format!("npy:{},{}", s(&x), s(&y));
+    let (code, out, err) = divrl(&[
+        "train-classifier",
+        "--out",
+        s(&ck),
+        "--data",
+        &data,
+        "--config",
+        s(&cfg),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("held-out accuracy"), "{out}");
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["heldout_images"], 12); // 10% of the smallest class each for eval and reference, ×3 classes ×2
+                                         // Refuses to overwrite without --force.
+    let (code, _, err) = divrl(&[
+        "train-classifier",
+        "--out",
+        s(&ck),
+        "--data",
+        &data,
+        "--config",
+        s(&cfg),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--force"), "{err}");
+    let f = dir.path().join("f.npy");
+    let (code, _, err) = divrl(&[
+        "features",
+        "--images",
+        s(&x),
+        "--extractor",
+        "small",
+        "--weights",
+        s(&ck),
+        "--out",
+        s(&f),
+        "--no-cache",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(divrl_reward::io::read_array(&f).unwrap().shape, vec![n, 6]);
+}
