@@ -1,6 +1,21 @@
 //! A small portable PRNG, so data splits and sampling noise are identical on every machine and
 //! independent of libtorch's global generator (which concurrent users share).
+use std::sync::Mutex;
+
 use tch::{Device, Kind, Tensor};
+
+/// Guards libtorch's process-wide generator during seeded initialisation.
+static TORCH_SEED_LOCK: Mutex<()> = Mutex::new(());
+
+/// Seeds libtorch's global generator and runs `init` (weight initialisation) while holding a
+/// process-wide lock, so two threads initialising models at once (parallel tests, a library
+/// user's worker threads) cannot interleave their draws: the same seed always gives the same
+/// weights.
+pub fn with_torch_seed<T>(seed: i64, init: impl FnOnce() -> T) -> T {
+    let _guard = TORCH_SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    init()
+}
 
 /// SplitMix64: a tiny, portable PRNG so splits are identical everywhere.
 #[derive(Debug, Clone)]

@@ -117,11 +117,14 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(cfg: BaseConfig, device: Device) -> Result<Self> {
         cfg.validate()?;
-        tch::manual_seed(cfg.train.seed as i64);
-        let vs = VarStore::new(device);
-        let unet = UNet::new(&vs.root(), &cfg.model)?;
-        let mut ema_vs = VarStore::new(device);
-        let ema_unet = UNet::new(&ema_vs.root(), &cfg.model)?;
+        let (vs, unet, mut ema_vs, ema_unet) =
+            crate::rng::with_torch_seed(cfg.train.seed as i64, || -> Result<_> {
+                let vs = VarStore::new(device);
+                let unet = UNet::new(&vs.root(), &cfg.model)?;
+                let ema_vs = VarStore::new(device);
+                let ema_unet = UNet::new(&ema_vs.root(), &cfg.model)?;
+                Ok((vs, unet, ema_vs, ema_unet))
+            })?;
         copy_vars(&ema_vs, &vs)?;
         ema_vs.freeze();
         let opt = AdamW::new(

@@ -19,10 +19,11 @@ pub fn tiny_cfg() -> UNetConfig {
 }
 
 pub fn tiny_unet(seed: i64) -> (VarStore, UNet) {
-    tch::manual_seed(seed);
-    let vs = VarStore::new(Device::Cpu);
-    let unet = UNet::new(&vs.root(), &tiny_cfg()).unwrap();
-    (vs, unet)
+    divrl::rng::with_torch_seed(seed, || {
+        let vs = VarStore::new(Device::Cpu);
+        let unet = UNet::new(&vs.root(), &tiny_cfg()).unwrap();
+        (vs, unet)
+    })
 }
 
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {

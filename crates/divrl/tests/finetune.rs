@@ -19,13 +19,15 @@ use divrl_reward::{Features, RewardKind};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn tiny_model(seed: i64) -> LoadedModel {
-    tch::manual_seed(seed);
     let config = BaseConfig {
         model: tiny_cfg(),
         ..Default::default()
     };
-    let mut vs = VarStore::new(Device::Cpu);
-    let unet = UNet::new(&vs.root(), &config.model).unwrap();
+    let (mut vs, unet) = divrl::rng::with_torch_seed(seed, || {
+        let vs = VarStore::new(Device::Cpu);
+        let unet = UNet::new(&vs.root(), &config.model).unwrap();
+        (vs, unet)
+    });
     vs.freeze();
     let sched = NoiseSchedule::new(&ScheduleConfig::default()).unwrap();
     LoadedModel {

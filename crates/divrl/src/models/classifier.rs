@@ -379,9 +379,11 @@ pub fn train_classifier(
             );
         }
     }
-    tch::manual_seed(t.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let net = Classifier::new(&vs.root(), m)?;
+    let (vs, net) = crate::rng::with_torch_seed(t.seed as i64, || -> Result<_> {
+        let vs = nn::VarStore::new(device);
+        let net = Classifier::new(&vs.root(), m)?;
+        Ok((vs, net))
+    })?;
     let mut opt = AdamW::new(
         &vs,
         AdamWConfig {

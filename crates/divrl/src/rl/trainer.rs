@@ -237,9 +237,10 @@ impl Finetuner {
             (None, opt)
         } else {
             vs.freeze();
-            tch::manual_seed(cfg.seed as i64);
             let lvs = VarStore::new(device);
-            let n = unet.add_lora(&lvs.root(), &cfg.lora_config())?;
+            let n = crate::rng::with_torch_seed(cfg.seed as i64, || {
+                unet.add_lora(&lvs.root(), &cfg.lora_config())
+            })?;
             if n == 0 {
                 bail!("no layer matched the LoRA targets {:?}", cfg.lora_targets);
             }
