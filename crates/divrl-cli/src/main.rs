@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "divrl", version, about = "Diversity-oriented RL fine-tuning for diffusion models")]
+#[command(
+    name = "divrl",
+    version,
+    about = "Diversity-oriented RL fine-tuning for diffusion models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,7 +47,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&out);
     }
-    println!("generated {} × {}, reference {} × {}, k = {}", generated.rows(), generated.dim(), reference.rows(), reference.dim(), args.k);
+    println!(
+        "generated {} × {}, reference {} × {}, k = {}",
+        generated.rows(),
+        generated.dim(),
+        reference.rows(),
+        reference.dim(),
+        args.k
+    );
     println!("FID        {:.6}", out.fid);
     println!("precision  {:.4}", out.precision);
     println!("recall     {:.4}", out.recall);

@@ -92,7 +92,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rpath = args.reference.display().to_string();
     let spec = args.reward.spec();
     let rewards = match refa.shape.as_slice() {
-        [n, rd] => Rewards::Shared(DiversityReward::new(&spec, Features::new(&rpath, *n, *rd, refa.data)?)?),
+        [n, rd] => Rewards::Shared(DiversityReward::new(
+            &spec,
+            Features::new(&rpath, *n, *rd, refa.data)?,
+        )?),
         [s, n, rd] => {
             if *s != sets {
                 bail!("{rpath}: {s} reference sets for {sets} candidate sets (need one per set, or one N × D shared)");
@@ -109,10 +112,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         CriterionArg::Max => Criterion::Max,
         CriterionArg::Min => Criterion::Min,
     };
-    let method = if args.greedy { Method::Greedy } else { Method::Exhaustive };
+    let method = if args.greedy {
+        Method::Greedy
+    } else {
+        Method::Exhaustive
+    };
     let chosen = run_method(&rewards, &cands, o, args.size, criterion, method)?;
     let comparison = if args.compare {
-        let best = run_method(&rewards, &cands, o, args.size, criterion, Method::Exhaustive)?;
+        let best = run_method(
+            &rewards,
+            &cands,
+            o,
+            args.size,
+            criterion,
+            Method::Exhaustive,
+        )?;
         let opposite = match criterion {
             Criterion::Max => Criterion::Min,
             Criterion::Min => Criterion::Max,
@@ -126,8 +140,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Comparison {
             exhaustive_rewards: best.iter().map(|s| s.reward).collect(),
-            greedy_exact: chosen.iter().zip(&best).filter(|(g, b)| g.subset == b.subset).count(),
-            greedy_normalised_mean: if norm.is_empty() { 1.0 } else { norm.iter().sum::<f64>() / norm.len() as f64 },
+            greedy_exact: chosen
+                .iter()
+                .zip(&best)
+                .filter(|(g, b)| g.subset == b.subset)
+                .count(),
+            greedy_normalised_mean: if norm.is_empty() {
+                1.0
+            } else {
+                norm.iter().sum::<f64>() / norm.len() as f64
+            },
         })
     } else {
         None
@@ -140,7 +162,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&out);
     }
-    println!("{} sets of {o} candidates, subsets of {} by {} {}", sets, args.size, args.criterion_name(), spec.kind);
+    println!(
+        "{} sets of {o} candidates, subsets of {} by {} {}",
+        sets,
+        args.size,
+        args.criterion_name(),
+        spec.kind
+    );
     println!("  set  reward            subset");
     for (i, (s, r)) in out.subsets.iter().zip(&out.rewards).enumerate().take(20) {
         println!("{i:>5}  {r:<16.9e}  {s:?}");
