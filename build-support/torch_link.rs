@@ -1,7 +1,7 @@
 //! Gives every binary of this package (tests, examples) an rpath to torch's `lib/` folder, so they
 //! run without LD_LIBRARY_PATH, and keeps libtorch_cuda linked (the linker's `--as-needed` would
 //! drop it, and CUDA would then be invisible) when the torch build has it.
-//! The same file lives in crates/divrl-cli (the `divrl` binary).
+//! Shared by crates/divrl and crates/divrl-cli (`build = "../../build-support/torch_link.rs"`).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -51,7 +51,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DIVRL_TORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=PATH");
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../../build-support/torch_link.rs");
     match torch_lib_dir() {
         Ok(dir) => {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
