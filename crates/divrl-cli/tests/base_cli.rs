@@ -109,6 +109,65 @@ fn train_resume_sample_and_errors() {
     let state = std::fs::read_to_string(ck.join("state.json")).unwrap();
     assert!(state.contains("\"step\": 3"), "{state}");
 
+    // --init starts from the checkpoint's EMA weights (the config comes with it): one step at a
+    // negligible learning rate leaves the raw weights equal to those EMA weights.
+    let ck2 = d.join("ck2");
+    run_ok(divrl().args([
+        "train-base",
+        "--out",
+        ck2.to_str().unwrap(),
+        "--init",
+        ck.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--lr",
+        "1e-12",
+        "--data",
+        &data,
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]));
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let (ema_bytes, raw_bytes) = (
+        read(&ck.join("ema.safetensors")),
+        read(&ck2.join("weights.safetensors")),
+    );
+    let (ema, raw) = (
+        safetensors::SafeTensors::deserialize(&ema_bytes).unwrap(),
+        safetensors::SafeTensors::deserialize(&raw_bytes).unwrap(),
+    );
+    let floats = |v: &safetensors::tensor::TensorView| -> Vec<f32> {
+        v.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    assert_eq!(ema.len(), raw.len());
+    let mut max_dev = 0f32;
+    for (name, v) in ema.tensors() {
+        let w = raw.tensor(&name).unwrap();
+        for (a, b) in floats(&v).iter().zip(floats(&w)) {
+            max_dev = max_dev.max((a - b).abs());
+        }
+    }
+    assert!(
+        max_dev < 1e-6,
+        "--init weights differ from the EMA weights by {max_dev}"
+    );
+    let cfg2 = std::fs::read_to_string(ck2.join("config.toml")).unwrap();
+    assert!(cfg2.contains("init = "), "{cfg2}");
+    let e = run_err(divrl().args([
+        "train-base",
+        "--out",
+        d.join("ck3").to_str().unwrap(),
+        "--init",
+        d.join("nope").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]));
+    assert!(e.contains("--init"), "{e}");
+
     let sample = |out: &Path, extra: &[&str]| {
         let mut c = divrl();
         c.args([

@@ -37,6 +37,9 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: usize,
     pub log_every: usize,
+    /// Start from this checkpoint folder's weights (its EMA weights, as sampling uses) instead of
+    /// a random initialisation: fine-tuning a base on new data. The model and schedule must match.
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -56,6 +59,7 @@ impl Default for TrainConfig {
             sample_every: 600,
             checkpoint_every: 300,
             log_every: 100,
+            init: None,
         }
     }
 }
@@ -125,6 +129,17 @@ impl Trainer {
                 let ema_unet = UNet::new(&ema_vs.root(), &cfg.model)?;
                 Ok((vs, unet, ema_vs, ema_unet))
             })?;
+        if let Some(dir) = &cfg.train.init {
+            let init = checkpoint::load_model(dir, device, true)
+                .with_context(|| format!("--init {}", dir.display()))?;
+            if init.config.model != cfg.model || init.config.schedule != cfg.schedule {
+                bail!(
+                    "--init {}: its [model]/[schedule] differ from this run's config",
+                    dir.display()
+                );
+            }
+            copy_vars(&vs, &init.vs)?;
+        }
         copy_vars(&ema_vs, &vs)?;
         ema_vs.freeze();
         let opt = AdamW::new(

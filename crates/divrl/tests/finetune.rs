@@ -373,3 +373,39 @@ fn kl_to_base_is_zero_until_the_policy_moves() {
     let second = ft.ppo_update(&roll, &adv).unwrap();
     assert!(second.kl_to_base > 0.0 && second.kl_to_base.is_finite());
 }
+
+#[test]
+fn skipped_final_steps_are_never_trained() {
+    // Poison the stored log-probs of the last transition: training on it gives a NaN loss, so
+    // the update succeeds only if that step is skipped (timestep_fraction 1 trains all others).
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_run_cfg(dir.path());
+    cfg.timestep_fraction = 1.0;
+    for skip in [1usize, 0] {
+        cfg.skip_final_steps = skip;
+        let mut ft = Finetuner::new(
+            cfg.clone(),
+            tiny_model(3),
+            pixels(),
+            two_mode_refs(64, 3),
+            None,
+        )
+        .unwrap();
+        let mut roll = ft.sample_rollout().unwrap();
+        let last = roll.traj.num_steps() as i64 - 1;
+        let _ = roll.traj.log_probs.get(last).fill_(f64::NAN);
+        let adv: Vec<f64> = (0..roll.conditions.len())
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let r = ft.ppo_update(&roll, &adv);
+        if skip == 1 {
+            let st = r.unwrap();
+            assert!(st.loss.is_finite() && st.grad_norm > 0.0);
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("non-finite PPO loss"), "{e}");
+        }
+    }
+    cfg.skip_final_steps = cfg.steps;
+    assert!(cfg.validate().is_err());
+}

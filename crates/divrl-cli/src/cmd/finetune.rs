@@ -106,6 +106,9 @@ pub struct Args {
     /// Share of timesteps trained per trajectory, (0, 1] [default: 1]
     #[arg(long)]
     pub timestep_fraction: Option<f64>,
+    /// The last K transitions of each trajectory are not trained (near-deterministic) [default: 0]
+    #[arg(long)]
+    pub skip_final_steps: Option<usize>,
     /// PPO clip range [default: 1e-4]
     #[arg(long)]
     pub clip_range: Option<f64>,
@@ -192,7 +195,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
         plain: base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
             extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
-            timestep_fraction, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
+            timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
             lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,
             lora_alpha, lora_targets, full_finetune, seed, checkpoint_every, keep_checkpoints,
             sample_every, eval_every, eval_per_class, device, threads;

@@ -20,6 +20,10 @@ pub struct Args {
     /// Data set: fashion-mnist | fashion-mnist-skewed | idx:IMAGES,LABELS | folder:DIR[,SIZE[,CHANNELS]] | npy:IMAGES[,LABELS]
     #[arg(long)]
     pub data: Option<String>,
+    /// Start from this checkpoint's (EMA) weights instead of a random initialisation, e.g. to
+    /// fine-tune a base on new data; without --config its config.toml is the starting config
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Total optimisation steps
     #[arg(long)]
     pub steps: Option<usize>,
@@ -67,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             || args.batch_size.is_some()
             || args.lr.is_some()
             || args.seed.is_some()
+            || args.init.is_some()
         {
             bail!("--resume uses the saved config; only --steps, --sample-every and --checkpoint-every may change");
         }
@@ -86,11 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.out.display()
             );
         }
-        let mut cfg: BaseConfig = match &args.config {
-            Some(p) => divrl::config::read_toml(p)?,
-            None => BaseConfig::default(),
+        let mut cfg: BaseConfig = match (&args.config, &args.init) {
+            (Some(p), _) => divrl::config::read_toml(p)?,
+            (None, Some(dir)) => divrl::config::read_toml(&dir.join(CONFIG_FILE))
+                .with_context(|| format!("--init {}", dir.display()))?,
+            (None, None) => BaseConfig::default(),
         };
         let tc = &mut cfg.train;
+        tc.init = args.init.clone();
         if let Some(v) = &args.data {
             tc.data = v.clone();
         }

@@ -72,6 +72,11 @@ pub struct FinetuneConfig {
     pub grad_accum: usize,
     /// Share of each trajectory's timesteps trained on (shuffled per trajectory), in (0, 1].
     pub timestep_fraction: f64,
+    /// The last this-many transitions of each trajectory are never trained on. They are nearly
+    /// deterministic (DDIM's σ ≈ 0.01 at the final step against ≈ 0.3–1 early on), so their
+    /// log-probability gradients, ∝ 1/σ, would dominate the clipped gradient norm while only
+    /// refining pixel detail; the early steps decide the sample's mode.
+    pub skip_final_steps: usize,
     /// PPO clip range of the importance ratio.
     pub clip_range: f64,
     /// Advantages are clipped to ±this.
@@ -147,6 +152,7 @@ impl Default for FinetuneConfig {
             train_batch_size: 10,
             grad_accum: 1,
             timestep_fraction: 1.0,
+            skip_final_steps: 0,
             clip_range: 1e-4,
             adv_clip: 5.0,
             tracker_buffer: 16,
@@ -247,6 +253,13 @@ impl FinetuneConfig {
             bail!(
                 "timestep_fraction must be in (0, 1], got {}",
                 self.timestep_fraction
+            );
+        }
+        if self.skip_final_steps >= self.steps {
+            bail!(
+                "skip_final_steps ({}) must be below steps ({})",
+                self.skip_final_steps,
+                self.steps
             );
         }
         if !pos(self.clip_range) || !pos(self.adv_clip) {
