@@ -166,3 +166,81 @@ fn config_errors_are_clear() {
     let e = UNet2DConditionConfig::from_json(&v.to_string()).unwrap_err();
     assert!(format!("{e:#}").contains("attention heads"), "{e:#}");
 }
+
+fn fixture_unet() -> (VarStore, UNet2DCondition) {
+    let text = std::fs::read_to_string(fixture("tiny/unet/config.json")).unwrap();
+    let cfg = UNet2DConditionConfig::from_json(&text).unwrap();
+    let mut vs = VarStore::new(Device::Cpu);
+    let unet = UNet2DCondition::new(&vs.root(), &cfg).unwrap();
+    load_weights(
+        &mut vs,
+        &fixture("tiny/unet/diffusion_pytorch_model.safetensors"),
+        &|n| n.to_string(),
+    )
+    .unwrap();
+    (vs, unet)
+}
+
+/// A LoRA written by diffusers' `save_lora_weights` from a peft adapter (make_lora_fixture.py):
+/// imported here it gives diffusers' adapted output; exported again it has exactly diffusers'
+/// tensor names and shapes. With `DIVRL_WRITE_LORA_EXPORT=<dir>` the export and its expected
+/// output are also written there, for `make_lora_fixture.py --check <dir>/lora`.
+#[test]
+fn lora_written_by_diffusers_imports_and_re_exports() {
+    use divrl::nn::lora_diffusers::{
+        apply_lora, export_peft, read_lora, read_safetensors_metadata,
+    };
+    let (_vs, mut unet) = fixture_unet();
+    let layers = read_lora(&fixture("lora_peft")).unwrap();
+    assert_eq!(layers.len(), 32);
+    // No adapter_config.json there: alpha from the safetensors metadata.
+    assert!(layers.values().all(|l| l.alpha == 6.0 && l.rank() == 2));
+    let lvs = VarStore::new(Device::Cpu);
+    assert_eq!(apply_lora(&mut unet, &lvs.root(), &layers).unwrap(), 32);
+    let e = expected();
+    let want = &Tensor::read_safetensors(fixture("lora_expected.safetensors")).unwrap()[0].1;
+    let out = tch::no_grad(|| unet.forward(&e["unet_x"], &e["unet_t"], &e["unet_ctx"]));
+    let scale = want.abs().max().double_value(&[]);
+    let d = max_abs(&out, want);
+    assert!(d < 1e-4 * scale.max(1.0), "max |Δ| = {d} (scale {scale})");
+    assert!(
+        max_abs(&out, &e["unet_out"]) > 1e-3,
+        "the LoRA changes the output"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var_os("DIVRL_WRITE_LORA_EXPORT") {
+        Some(d) => PathBuf::from(d),
+        None => tmp.path().to_path_buf(),
+    };
+    let file = export_peft(&unet, &dir.join("lora")).unwrap();
+    let shapes = |p: &Path| -> BTreeMap<String, Vec<i64>> {
+        Tensor::read_safetensors(p)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.size()))
+            .collect()
+    };
+    assert_eq!(
+        shapes(&file),
+        shapes(&fixture("lora_peft/pytorch_lora_weights.safetensors"))
+    );
+    let theirs =
+        read_safetensors_metadata(&fixture("lora_peft/pytorch_lora_weights.safetensors")).unwrap();
+    let ours = read_safetensors_metadata(&file).unwrap();
+    assert_eq!(ours["format"], theirs["format"]);
+    let (o, t): (Value, Value) = (
+        serde_json::from_str(&ours["lora_adapter_metadata"]).unwrap(),
+        serde_json::from_str(&theirs["lora_adapter_metadata"]).unwrap(),
+    );
+    assert_eq!(o["unet.r"], t["unet.r"]);
+    assert_eq!(o["unet.target_modules"].as_array().unwrap().len(), 4);
+    for m in t["unet.target_modules"].as_array().unwrap() {
+        assert!(o["unet.target_modules"].as_array().unwrap().contains(m));
+    }
+    divrl::config::write_safetensors_atomic(
+        &dir.join("expected_out.safetensors"),
+        &[("out".to_string(), out)],
+    )
+    .unwrap();
+}

@@ -173,6 +173,8 @@ pub fn export_peft(unet: &UNet2DCondition, dir: &Path) -> Result<PathBuf> {
         "r": r,
         "lora_alpha": alpha,
         "target_modules": targets,
+        "rank_pattern": {},
+        "alpha_pattern": {},
         "lora_dropout": 0.0,
         "bias": "none",
         "init_lora_weights": "gaussian",
