@@ -244,3 +244,42 @@ fn lora_written_by_diffusers_imports_and_re_exports() {
     )
     .unwrap();
 }
+
+/// The DDIM transitions of the policy are diffusers' `DDIMScheduler.step` with eta = 1
+/// (make_scheduler_fixture.py): same timesteps, same mean and standard deviation.
+#[test]
+fn ddim_steps_match_diffusers_scheduler() {
+    use divrl::models::sd::pipeline::SdPolicy;
+    use divrl::models::sd::scheduler::{SchedulerConfig, SdScheduler};
+    use divrl::models::sd::tiny::sd15_scheduler_config;
+    use divrl::schedule::step_gaussian;
+    let cfg: SchedulerConfig = serde_json::from_value(sd15_scheduler_config()).unwrap();
+    let s = SdScheduler::new(&cfg).unwrap();
+    let e: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(fixture("scheduler_expected.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let ts = s.timesteps(4).unwrap();
+    let want: Vec<i64> = Vec::try_from(&e["timesteps"]).unwrap();
+    assert_eq!(&ts[..4], want.as_slice());
+    assert_eq!(ts[4], -1);
+    let sampler = SdPolicy::sampler(4, 1.0, 1.0);
+    for i in 0..4 {
+        let g = step_gaussian(
+            &s.sched,
+            &sampler,
+            &e[&format!("x_{i}")],
+            &e[&format!("eps_{i}")],
+            ts[i],
+            ts[i + 1],
+        );
+        let prev = &g.mean + &e[&format!("noise_{i}")] * g.std;
+        let d = max_abs(&prev, &e[&format!("prev_{i}")]);
+        assert!(d < 1e-5, "step {i}: max |Δ| = {d}");
+    }
+    // set_alpha_to_one = true would make the last step deterministic: refused.
+    let mut c2 = cfg.clone();
+    c2.set_alpha_to_one = true;
+    assert!(SdScheduler::new(&c2).unwrap().timesteps(4).is_err());
+}

@@ -601,3 +601,47 @@ fn resume_continues_the_same_run() {
         assert!(max_abs(&t, &a[&n]) < 1e-6, "{n} differs after resume");
     }
 }
+
+#[test]
+fn tokenizer_from_vocab_and_merges_equals_tokenizer_json() {
+    // The CLIP fixture's tokenizer.json (checked against transformers) rewritten as a diffusers
+    // tokenizer/ folder (vocab.json + merges.txt) tokenizes the same.
+    use divrl::models::clip_tokenizer::ClipTokenizer;
+    let tj = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip/tiny/tokenizer.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    let mut vocab = v["model"]["vocab"].as_object().unwrap().clone();
+    for t in v["added_tokens"].as_array().unwrap() {
+        vocab
+            .entry(t["content"].as_str().unwrap())
+            .or_insert(t["id"].clone());
+    }
+    let mut merges = String::from("#version: 0.2\n");
+    for m in v["model"]["merges"].as_array().unwrap() {
+        let pair: Vec<&str> = match m.as_array() {
+            Some(a) => a.iter().map(|x| x.as_str().unwrap()).collect(),
+            None => m.as_str().unwrap().split(' ').collect(),
+        };
+        merges.push_str(&format!("{} {}\n", pair[0], pair[1]));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("vocab.json"),
+        Value::Object(vocab).to_string(),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("merges.txt"), merges).unwrap();
+    let a = ClipTokenizer::from_file(&tj, 77).unwrap();
+    let b = ClipTokenizer::from_vocab_merges(
+        &tmp.path().join("vocab.json"),
+        &tmp.path().join("merges.txt"),
+        77,
+    )
+    .unwrap();
+    for p in [
+        "a photo of a cat",
+        "Two DOGS, playing in the snow!",
+        "it's 42",
+    ] {
+        assert_eq!(a.encode(p).unwrap(), b.encode(p).unwrap(), "{p}");
+    }
+}
