@@ -52,6 +52,7 @@ fn tiny_unet_matches_diffusers() {
     let scale = e["unet_out"].abs().max().double_value(&[]);
     let d = max_abs(&out, &e["unet_out"]);
     assert!(scale > 0.1, "degenerate fixture");
+    eprintln!("unet: max |Δ| = {d:.3e} (scale {scale:.3})");
     assert!(d < 1e-4 * scale.max(1.0), "max |Δ| = {d} (scale {scale})");
 }
 
@@ -74,6 +75,7 @@ fn tiny_vae_decoder_matches_diffusers() {
     assert_eq!(out.size(), e["vae_out"].size());
     let scale = e["vae_out"].abs().max().double_value(&[]);
     let d = max_abs(&out, &e["vae_out"]);
+    eprintln!("vae: max |Δ| = {d:.3e} (scale {scale:.3})");
     assert!(d < 1e-4 * scale.max(1.0), "max |Δ| = {d} (scale {scale})");
 }
 
@@ -202,6 +204,7 @@ fn lora_written_by_diffusers_imports_and_re_exports() {
     let out = tch::no_grad(|| unet.forward(&e["unet_x"], &e["unet_t"], &e["unet_ctx"]));
     let scale = want.abs().max().double_value(&[]);
     let d = max_abs(&out, want);
+    eprintln!("unet + diffusers LoRA: max |Δ| = {d:.3e} (scale {scale:.3})");
     assert!(d < 1e-4 * scale.max(1.0), "max |Δ| = {d} (scale {scale})");
     assert!(
         max_abs(&out, &e["unet_out"]) > 1e-3,
@@ -276,6 +279,7 @@ fn ddim_steps_match_diffusers_scheduler() {
         );
         let prev = &g.mean + &e[&format!("noise_{i}")] * g.std;
         let d = max_abs(&prev, &e[&format!("prev_{i}")]);
+        eprintln!("ddim step {i}: max |Δ| = {d:.3e}");
         assert!(d < 1e-5, "step {i}: max |Δ| = {d}");
     }
     // set_alpha_to_one = true would make the last step deterministic: refused.

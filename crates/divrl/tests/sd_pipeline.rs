@@ -645,3 +645,56 @@ fn tokenizer_from_vocab_and_merges_equals_tokenizer_json() {
         assert_eq!(a.encode(p).unwrap(), b.encode(p).unwrap(), "{p}");
     }
 }
+
+#[test]
+fn old_vae_attention_names_load_the_same() {
+    // Older diffusers VAE files name the mid-block attention query/key/value/proj_attn.
+    let dir = tiny_dir();
+    let sd = load(dir.path());
+    let z = divrl::rng::SplitMix64(6).randn(&[1, 4, 8, 8], Device::Cpu);
+    let want = sd.decode(&z);
+    let w = dir.path().join("vae/diffusion_pytorch_model.safetensors");
+    let renamed: Vec<(String, Tensor)> = Tensor::read_safetensors(&w)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| {
+            let n = n
+                .replace(".attentions.0.to_q.", ".attentions.0.query.")
+                .replace(".attentions.0.to_k.", ".attentions.0.key.")
+                .replace(".attentions.0.to_v.", ".attentions.0.value.")
+                .replace(".attentions.0.to_out.0.", ".attentions.0.proj_attn.");
+            (n, t)
+        })
+        .collect();
+    assert!(renamed.iter().any(|(n, _)| n.contains("proj_attn")));
+    divrl::config::write_safetensors_atomic(&w, &renamed).unwrap();
+    let sd2 = load(dir.path());
+    assert_eq!(max_abs(&sd2.decode(&z), &want), 0.0);
+}
+
+#[test]
+fn a_toml_with_model_sd_takes_the_sd_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("run.toml");
+    std::fs::write(
+        &p,
+        "model = \"sd\"\nbase = \"sd-v1-5\"\nprompts = [\"a photo of a person\"]\nreferences = [\"refs\"]\nsteps = 20\n",
+    )
+    .unwrap();
+    let cfg = FinetuneConfig::read_toml_for(&p, None).unwrap();
+    assert_eq!(cfg.model, "sd");
+    assert_eq!(cfg.steps, 20);
+    assert_eq!(cfg.extractor, "clip");
+    assert_eq!((cfg.train_batch_size, cfg.sample_batch_size), (1, 1));
+    cfg.validate().unwrap();
+    // Without `model`, the class-conditional defaults; an unknown field is refused.
+    std::fs::write(&p, "steps = 7\n").unwrap();
+    let cfg = FinetuneConfig::read_toml_for(&p, None).unwrap();
+    assert_eq!((cfg.model.as_str(), cfg.steps), ("unet", 7));
+    assert_eq!(
+        cfg.train_batch_size,
+        FinetuneConfig::default().train_batch_size
+    );
+    std::fs::write(&p, "model = \"sd\"\nstepz = 7\n").unwrap();
+    assert!(FinetuneConfig::read_toml_for(&p, None).is_err());
+}
