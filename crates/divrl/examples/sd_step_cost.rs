@@ -3,7 +3,9 @@
 //! a guided sampling step (batch 2 = conditional + unconditional, no autograd) and a PPO step
 //! (the same forward with autograd, then backward into the adapters). Prints JSON with seconds
 //! and the process's peak resident memory.
-//!   cargo run --release -p divrl --example sd_step_cost -- [latent_side=32] [fp32|bf16] [cpu|cuda]
+//! With `ckpt` the PPO step uses gradient checkpointing (forward without autograd, stage-wise
+//! recomputation in the backward). Run the two modes in separate processes to compare peak memory.
+//!   cargo run --release -p divrl --example sd_step_cost -- [latent_side=32] [fp32|bf16] [cpu|cuda] [plain|ckpt]
 use anyhow::Result;
 use std::time::Instant;
 use tch::{nn::VarStore, Kind, Tensor};
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
     let precision: Precision = args.get(2).map_or(Ok(Precision::Fp32), |s| s.parse())?;
     let device = divrl::device::parse_device(args.get(3).map_or("cpu", String::as_str))?;
     precision.check(device)?;
+    let ckpt = args.get(4).is_some_and(|s| s == "ckpt");
     let cfg: UNet2DConditionConfig = serde_json::from_value(serde_json::json!({
         "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
         "block_out_channels": [320, 640, 1280, 1280],
@@ -59,9 +62,17 @@ fn main() -> Result<()> {
         .sum(Kind::Float)
         .double_value(&[]);
     let sample_s = t0.elapsed().as_secs_f64();
+    let rss_before_ppo = peak_rss_gib();
     let t0 = Instant::now();
-    let out = precision.run(|| unet.forward(&x, &t, &ctx));
-    out.square().mean(Kind::Float).backward();
+    if ckpt {
+        let (out, ck) = precision.run(|| unet.forward_checkpointed(&x, &t, &ctx));
+        let leaf = out.set_requires_grad(true);
+        leaf.square().mean(Kind::Float).backward();
+        precision.run(|| unet.backward_checkpointed(&ck, &leaf.grad()));
+    } else {
+        let out = precision.run(|| unet.forward(&x, &t, &ctx));
+        out.square().mean(Kind::Float).backward();
+    }
     let g: f64 = lvs
         .variables()
         .values()
@@ -73,10 +84,12 @@ fn main() -> Result<()> {
         serde_json::json!({
             "device": divrl::device::device_name(device),
             "precision": format!("{precision:?}"),
+            "gradient_checkpointing": ckpt,
             "latent_side": side, "pixels": side * 8,
             "unet_params": n_params, "lora_layers": n_lora, "lora_params": n_lora_params,
             "build_s": build_s, "guided_sampling_step_s": sample_s,
             "ppo_step_fwd_bwd_s": ppo_s, "lora_grad_abs_sum": g,
+            "peak_rss_gib_before_ppo": rss_before_ppo,
             "peak_rss_gib": peak_rss_gib(),
         })
     );

@@ -38,6 +38,9 @@ pub struct Args {
     /// sd: fp32, bf16 (frozen weights in bfloat16) or fp16 (CUDA autocast) [default: fp32]
     #[arg(long)]
     pub precision: Option<String>,
+    /// sd: recompute UNet stages in the backward pass instead of storing them [default: true for sd]
+    #[arg(long)]
+    pub gradient_checkpointing: Option<bool>,
 
     /// Base checkpoint folder, or the diffusers folder for sd [default: models/fashion-mnist-base]
     #[arg(long)]
@@ -207,7 +210,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
         None => FinetuneConfig::defaults_for(args.model.as_deref().unwrap_or("unet"))?,
     };
     apply!(args, cfg;
-        plain: prompts, references, resolution, precision, base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
+        plain: prompts, references, resolution, precision, gradient_checkpointing, base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
             extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
             timestep_fraction, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,

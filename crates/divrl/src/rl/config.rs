@@ -25,6 +25,9 @@ pub struct FinetuneConfig {
     pub resolution: i64,
     /// sd: `fp32`, `bf16` (frozen weights in bfloat16, adapters f32) or `fp16` (CUDA autocast).
     pub precision: String,
+    /// sd: gradient checkpointing of the UNet in the PPO update (recompute each stage in the
+    /// backward pass instead of keeping the whole graph).
+    pub gradient_checkpointing: bool,
     /// Base checkpoint folder (`config.toml` + `ema.safetensors`), e.g. models/fashion-mnist-base.
     pub base: PathBuf,
     /// Run folder: log, sample grids, checkpoints, exports.
@@ -137,6 +140,7 @@ impl Default for FinetuneConfig {
             references: Vec::new(),
             resolution: 0,
             precision: "fp32".into(),
+            gradient_checkpointing: false,
             base: PathBuf::from("models/fashion-mnist-base"),
             out: PathBuf::from("runs/finetune"),
             data: "fashion-mnist".into(),
@@ -194,7 +198,8 @@ impl Default for FinetuneConfig {
 impl FinetuneConfig {
     /// Defaults of a Stable Diffusion run: CLIP ϕ, 50 DDIM steps, guidance 5 (DDPO's), and the
     /// memory-conscious settings: one trajectory per sampling batch, one per PPO minibatch, the
-    /// gradients of `images_per_class` minibatches accumulated per optimizer step.
+    /// gradients of `images_per_class` minibatches accumulated per optimizer step, gradient
+    /// checkpointing of the UNet.
     pub fn sd_default() -> Self {
         Self {
             model: "sd".into(),
@@ -208,6 +213,7 @@ impl FinetuneConfig {
             train_batch_size: 1,
             grad_accum: 5,
             sample_every: 1,
+            gradient_checkpointing: true,
             ..Self::default()
         }
     }
@@ -357,6 +363,9 @@ impl FinetuneConfig {
             bail!("class indices must be >= 0");
         }
         match self.model.as_str() {
+            "unet" if self.gradient_checkpointing => {
+                bail!("gradient_checkpointing is implemented for model sd only")
+            }
             "unet" => {}
             "sd" => self.validate_sd()?,
             other => bail!("unknown model {other:?}: expected unet or sd"),

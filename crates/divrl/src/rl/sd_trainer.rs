@@ -9,8 +9,8 @@
 //! Memory: rollouts run without autograd, `sample_batch_size` trajectories at a time (default 1);
 //! the PPO update back-propagates each timestep of each minibatch (`train_batch_size`, default 1)
 //! separately and accumulates gradients over `grad_accum` minibatches, so one UNet graph is alive
-//! at a time. There is no activation checkpointing inside the UNet (see
-//! [`crate::models::sd::unet2d`]).
+//! at a time, and with `gradient_checkpointing` (the sd default) only one UNet *stage*'s graph
+//! (see [`crate::models::sd::unet2d`]).
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,6 +149,7 @@ impl SdFinetuner {
             sd: &self.sd,
             cond: self.cond.shallow_clone(),
             prompts: self.cfg.prompts.clone(),
+            checkpoints: None,
         }
     }
 
@@ -287,7 +288,11 @@ impl SdFinetuner {
                     for j in 0..n_t {
                         let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
                         let sb = StepBatch::gather(&self.sd.scheduler.sched, traj, mb, &steps);
-                        let policy = self.policy();
+                        let policy = if self.cfg.gradient_checkpointing {
+                            self.policy().with_checkpointing()
+                        } else {
+                            self.policy()
+                        };
                         let (mean, std) = sb.gaussian(&policy, &sampler);
                         let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
                         let terms =
@@ -297,6 +302,7 @@ impl SdFinetuner {
                             bail!("non-finite PPO loss ({lv}) at epoch {}", self.epoch + 1);
                         }
                         (terms.loss / denom).backward();
+                        policy.backward_checkpoints()?;
                         st.loss += lv;
                         st.approx_kl += terms.approx_kl;
                         st.clip_fraction += terms.clip_fraction;

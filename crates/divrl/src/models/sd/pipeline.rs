@@ -7,9 +7,11 @@
 //! [`crate::sample::recompute_log_prob`] and the PPO replay of [`crate::rl::policy::StepBatch`]
 //! work unchanged, with prompt indices as their `classes`.
 use anyhow::{bail, Result};
+use std::cell::RefCell;
 use tch::{Kind, Tensor};
 
 use super::scheduler::Prediction;
+use super::unet2d::UNetCheckpoints;
 use super::StableDiffusion;
 use crate::sample::{sample_trajectory_at, Trajectory};
 use crate::schedule::{EpsModel, LogProbReduction, SamplerConfig, SamplerKind};
@@ -20,6 +22,11 @@ pub struct SdPolicy<'a> {
     /// `[P + 1, L, D]`: the prompts' text states, then the empty prompt's.
     pub cond: Tensor,
     pub prompts: Vec<String>,
+    /// Gradient checkpointing: when set, [`EpsModel::eps`] runs the UNet without autograd,
+    /// returns its output as a leaf that requires grad and records it here with the
+    /// checkpoints; after `loss.backward()`, [`SdPolicy::backward_checkpoints`] carries the
+    /// leaf's gradient through the UNet stage by stage.
+    pub checkpoints: Option<RefCell<Vec<(Tensor, UNetCheckpoints)>>>,
 }
 
 impl<'a> SdPolicy<'a> {
@@ -35,7 +42,36 @@ impl<'a> SdPolicy<'a> {
             sd,
             cond,
             prompts: prompts.to_vec(),
+            checkpoints: None,
         })
+    }
+
+    /// The same policy with gradient checkpointing (see [`SdPolicy::checkpoints`]).
+    pub fn with_checkpointing(mut self) -> Self {
+        self.checkpoints = Some(RefCell::new(Vec::new()));
+        self
+    }
+
+    /// Back-propagates the gradients that `loss.backward()` left on the recorded UNet outputs
+    /// into the adapters (gradient checkpointing); clears the record. Returns the number of UNet
+    /// calls replayed.
+    pub fn backward_checkpoints(&self) -> Result<usize> {
+        let Some(cell) = &self.checkpoints else {
+            return Ok(0);
+        };
+        let pending: Vec<(Tensor, UNetCheckpoints)> = cell.borrow_mut().drain(..).collect();
+        for (leaf, ck) in &pending {
+            let g = leaf.grad();
+            if !g.defined() {
+                bail!(
+                    "a checkpointed UNet output received no gradient (was loss.backward() called?)"
+                );
+            }
+            self.sd
+                .precision
+                .run(|| self.sd.unet.backward_checkpointed(ck, &g));
+        }
+        Ok(pending.len())
     }
 
     /// The DDIM sampler configuration of Stable Diffusion (no x̂_0 clipping in latent space).
@@ -83,11 +119,22 @@ impl<'a> SdPolicy<'a> {
 impl EpsModel for SdPolicy<'_> {
     fn eps(&self, x: &Tensor, t: &Tensor, class: &Tensor) -> Tensor {
         let ctx = self.cond.index_select(0, class);
-        let out = self
-            .sd
-            .precision
-            .run(|| self.sd.unet.forward(x, t, &ctx))
-            .to_kind(Kind::Float);
+        let out = match &self.checkpoints {
+            None => self
+                .sd
+                .precision
+                .run(|| self.sd.unet.forward(x, t, &ctx))
+                .to_kind(Kind::Float),
+            Some(cell) => {
+                let (out, ck) = self
+                    .sd
+                    .precision
+                    .run(|| self.sd.unet.forward_checkpointed(x, t, &ctx));
+                let leaf = out.to_kind(Kind::Float).detach().set_requires_grad(true);
+                cell.borrow_mut().push((leaf.shallow_clone(), ck));
+                leaf
+            }
+        };
         match self.sd.scheduler.prediction {
             Prediction::Epsilon => out,
             Prediction::VPrediction => {

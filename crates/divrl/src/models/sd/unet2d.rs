@@ -14,11 +14,13 @@
 //! (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_a`), which is what
 //! [`crate::nn::lora_diffusers`] maps to the peft/diffusers layout.
 //!
-//! Gradient checkpointing: libtorch's activation checkpointing lives in Python
-//! (`torch.utils.checkpoint`); tch exposes no custom autograd function to rebuild it, so it is
-//! NOT implemented. The RL loop keeps memory down instead: rollouts run without autograd, and the
-//! PPO update back-propagates one timestep of one trajectory at a time (batch 1) with gradient
-//! accumulation, so at most one UNet forward graph is alive (see [`crate::rl::sd_trainer`]).
+//! Gradient checkpointing ([`UNet2DCondition::forward_checkpointed`] /
+//! [`UNet2DCondition::backward_checkpointed`]): tch has no `torch.utils.checkpoint`, so it is done
+//! by hand over stages (`conv_in`, each resnet + attention of a block, each resampler, the mid
+//! block, `conv_out`): the forward runs without autograd and keeps each stage's input; the
+//! backward recomputes one stage at a time with autograd and back-propagates the incoming
+//! gradient through it (`backward` of `Σ output·grad`, which gives the same parameter gradients
+//! as `output.backward(grad)`). Only one stage's graph is alive at a time.
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
@@ -783,51 +785,181 @@ impl UNet2DCondition {
         }
     }
 
-    /// Predicts the noise (or v) of latents `x` (`[B, in_channels, H, W]`, H and W multiples of
-    /// 2^(blocks − 1)) at timesteps `t` (`[B]`) given text states `ctx` (`[B, L,
-    /// cross_attention_dim]`). Computes in the weights' dtype, returns f32.
-    pub fn forward(&self, x: &Tensor, t: &Tensor, ctx: &Tensor) -> Tensor {
+    /// The forward pass as a sequence of stages, and for each `UpRes` stage the boundary index
+    /// of its skip input (boundary `k + 1` is the output of stage `k`, boundary 0 the latents).
+    fn plan(&self) -> (Vec<Stage>, Vec<Option<usize>>) {
+        let mut st = vec![Stage::ConvIn];
+        for (i, b) in self.down.iter().enumerate() {
+            st.extend((0..b.resnets.len()).map(|j| Stage::DownRes(i, j)));
+            if b.resample.is_some() {
+                st.push(Stage::DownSample(i));
+            }
+        }
+        st.push(Stage::Mid);
+        for (i, b) in self.up.iter().enumerate() {
+            st.extend((0..b.resnets.len()).map(|j| Stage::UpRes(i, j)));
+            if b.resample.is_some() {
+                st.push(Stage::UpSample(i));
+            }
+        }
+        st.push(Stage::Out);
+        let mut stack = Vec::new();
+        let mut skip = Vec::with_capacity(st.len());
+        for (k, s) in st.iter().enumerate() {
+            skip.push(match s {
+                Stage::UpRes(..) => Some(stack.pop().expect("one skip per up resnet")),
+                _ => None,
+            });
+            if matches!(
+                s,
+                Stage::ConvIn | Stage::DownRes(..) | Stage::DownSample(..)
+            ) {
+                stack.push(k + 1);
+            }
+        }
+        (st, skip)
+    }
+
+    /// Inputs in the weights' dtype and the time embedding (frozen: no graph).
+    fn conditioning(&self, x: &Tensor, t: &Tensor, ctx: &Tensor) -> (Tensor, Tensor, Tensor) {
         let kind = self.conv_in.ws.kind();
-        let x = x.to_kind(kind);
-        let ctx = ctx.to_kind(kind);
         let temb = self.time_proj(t).to_kind(kind);
         let temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&temb).silu());
-        let mut h = self.conv_in.forward(&x);
-        let mut skips = vec![h.shallow_clone()];
-        for b in &self.down {
-            for (j, r) in b.resnets.iter().enumerate() {
-                h = r.forward(&h, Some(&temb));
-                if let Some(a) = b.attentions.get(j) {
-                    h = a.forward(&h, &ctx);
-                }
-                skips.push(h.shallow_clone());
-            }
-            if let Some(d) = &b.resample {
-                h = d.forward(&h);
-                skips.push(h.shallow_clone());
-            }
-        }
-        h = self.mid.0.forward(&h, Some(&temb));
-        h = self.mid.1.forward(&h, &ctx);
-        h = self.mid.2.forward(&h, Some(&temb));
-        for b in &self.up {
-            for (j, r) in b.resnets.iter().enumerate() {
-                let s = skips.pop().expect("one skip per up resnet");
-                h = r.forward(&Tensor::cat(&[&h, &s], 1), Some(&temb));
-                if let Some(a) = b.attentions.get(j) {
-                    h = a.forward(&h, &ctx);
-                }
-            }
-            if let Some(u) = &b.resample {
-                let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
-                h = u.forward(&h.upsample_nearest2d([2 * hh, 2 * ww], None, None));
-            }
-        }
-        let h = self
-            .conv_out
-            .forward(&self.conv_norm_out.forward(&h).silu());
-        h.to_kind(Kind::Float)
+        (x.to_kind(kind), temb, ctx.to_kind(kind))
     }
+
+    fn run_stage(
+        &self,
+        s: Stage,
+        h: &Tensor,
+        skip: Option<&Tensor>,
+        temb: &Tensor,
+        ctx: &Tensor,
+    ) -> Tensor {
+        let res_attn = |b: &Block, j: usize, h: &Tensor| {
+            let h = b.resnets[j].forward(h, Some(temb));
+            match b.attentions.get(j) {
+                Some(a) => a.forward(&h, ctx),
+                None => h,
+            }
+        };
+        let upsample = |c: &nn::Conv2D, h: &Tensor| {
+            let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
+            c.forward(&h.upsample_nearest2d([2 * hh, 2 * ww], None, None))
+        };
+        match s {
+            Stage::ConvIn => self.conv_in.forward(h),
+            Stage::DownRes(i, j) => res_attn(&self.down[i], j, h),
+            Stage::DownSample(i) => self.down[i].resample.as_ref().expect("planned").forward(h),
+            Stage::Mid => {
+                let h = self.mid.0.forward(h, Some(temb));
+                let h = self.mid.1.forward(&h, ctx);
+                self.mid.2.forward(&h, Some(temb))
+            }
+            Stage::UpRes(i, j) => {
+                let s = skip.expect("planned skip");
+                res_attn(&self.up[i], j, &Tensor::cat(&[h, s], 1))
+            }
+            Stage::UpSample(i) => upsample(self.up[i].resample.as_ref().expect("planned"), h),
+            Stage::Out => self
+                .conv_out
+                .forward(&self.conv_norm_out.forward(h).silu())
+                .to_kind(Kind::Float),
+        }
+    }
+
+    /// Predicts the noise (or v) of latents `x` (`[B, in_channels, H, W]`, H and W multiples of
+    /// 2^(blocks − 1)) at timesteps `t` (`[B]`) given text states `ctx` (`[B, L,
+    /// cross_attention_dim]`). Computes in the weights' dtype, returns f32.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, ctx: &Tensor) -> Tensor {
+        let (x, temb, ctx) = self.conditioning(x, t, ctx);
+        let (plan, skip) = self.plan();
+        let sources: std::collections::HashSet<usize> = skip.iter().flatten().copied().collect();
+        let mut saved: std::collections::HashMap<usize, Tensor> = std::collections::HashMap::new();
+        let mut h = x;
+        for (k, &s) in plan.iter().enumerate() {
+            h = self.run_stage(s, &h, skip[k].map(|m| &saved[&m]), &temb, &ctx);
+            if sources.contains(&(k + 1)) {
+                saved.insert(k + 1, h.shallow_clone());
+            }
+        }
+        h
+    }
+
+    /// Gradient checkpointing: the forward without autograd, keeping only each stage's input
+    /// (one activation per resnet/attention stage instead of every intermediate of the graph).
+    /// Returns the f32 output (no graph) and the checkpoints for [`Self::backward_checkpointed`].
+    pub fn forward_checkpointed(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ctx: &Tensor,
+    ) -> (Tensor, UNetCheckpoints) {
+        tch::no_grad(|| {
+            let (x, temb, ctx) = self.conditioning(x, t, ctx);
+            let (plan, skip) = self.plan();
+            let mut hs = vec![x];
+            for (k, &s) in plan.iter().enumerate() {
+                let out = self.run_stage(s, &hs[k], skip[k].map(|m| &hs[m]), &temb, &ctx);
+                hs.push(out);
+            }
+            let out = hs.pop().expect("output");
+            (out, UNetCheckpoints { hs, temb, ctx })
+        })
+    }
+
+    /// The backward pass of a [`Self::forward_checkpointed`] call given `grad_out` = ∂L/∂output:
+    /// recomputes one stage at a time with autograd, from the last to the second (the first
+    /// only reads the latents and has no adapter), and back-propagates `grad_out` through it,
+    /// accumulating into the `.grad` of the trainable variables (the adapters) exactly what
+    /// `output.backward()` would have. Each stage's own graph is freed before the next.
+    pub fn backward_checkpointed(&self, ck: &UNetCheckpoints, grad_out: &Tensor) {
+        let (plan, skip) = self.plan();
+        let n = plan.len();
+        let mut grads: Vec<Option<Tensor>> = (0..=n).map(|_| None).collect();
+        grads[n] = Some(grad_out.to_kind(Kind::Float));
+        let add = |slot: &mut Option<Tensor>, g: Tensor| {
+            *slot = Some(match slot.take() {
+                Some(a) => a + g,
+                None => g,
+            });
+        };
+        for k in (1..n).rev() {
+            let Some(g) = grads[k + 1].take() else {
+                continue;
+            };
+            let h = ck.hs[k].detach().set_requires_grad(true);
+            let s = skip[k].map(|m| ck.hs[m].detach().set_requires_grad(true));
+            tch::with_grad(|| {
+                let out = self.run_stage(plan[k], &h, s.as_ref(), &ck.temb, &ck.ctx);
+                (out.to_kind(Kind::Float) * &g).sum(Kind::Float).backward();
+            });
+            add(&mut grads[k], h.grad().to_kind(Kind::Float));
+            if let (Some(m), Some(s)) = (skip[k], &s) {
+                add(&mut grads[m], s.grad().to_kind(Kind::Float));
+            }
+        }
+    }
+}
+
+/// What [`UNet2DCondition::forward_checkpointed`] keeps: the input of every stage.
+#[derive(Debug)]
+pub struct UNetCheckpoints {
+    hs: Vec<Tensor>,
+    temb: Tensor,
+    ctx: Tensor,
+}
+
+/// One checkpointing segment of the UNet.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    ConvIn,
+    DownRes(usize, usize),
+    DownSample(usize),
+    Mid,
+    UpRes(usize, usize),
+    UpSample(usize),
+    Out,
 }
