@@ -792,3 +792,52 @@ fn checkpointed_and_plain_training_reach_the_same_adapters() {
         assert!(d < 1e-4, "{n}: differs by {d}");
     }
 }
+
+/// The tiny pipeline folder, a trained-looking LoRA exported from it, and our outputs on fixed
+/// inputs; with `DIVRL_WRITE_TINY_SD=<dir>` they are kept there for
+/// `fixtures/sd/check_pipeline.py <dir>` (diffusers' `StableDiffusionPipeline.from_pretrained`,
+/// `load_lora_weights`, and transformers' tokenizer and text encoder against these numbers).
+#[test]
+fn tiny_pipeline_with_lora_and_reference_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = match std::env::var_os("DIVRL_WRITE_TINY_SD") {
+        Some(d) => PathBuf::from(d),
+        None => tmp.path().to_path_buf(),
+    };
+    let dir = root.join("pipeline");
+    write_tiny_pipeline(&dir, 7).unwrap();
+    let mut sd = load(&dir);
+    let lvs = VarStore::new(Device::Cpu);
+    sd.unet
+        .add_lora(
+            &lvs.root(),
+            &LoraConfig {
+                rank: 2,
+                alpha: 3.0,
+                targets: LoraConfig::default().targets,
+            },
+        )
+        .unwrap();
+    randomize_lora(&lvs, 21);
+    export_peft(&sd.unet, &root.join("lora")).unwrap();
+    let prompts = vec!["a photo of a cat".to_string(), String::new()];
+    let ids = sd.tokenizer.encode_batch(&prompts).unwrap();
+    let states = sd.encode_prompts(&prompts).unwrap();
+    let x = divrl::rng::SplitMix64(13).randn(&[2, 4, 8, 8], Device::Cpu);
+    let t = Tensor::from_slice(&[801i64, 1]);
+    let eps = tch::no_grad(|| sd.unet.forward(&x, &t, &states));
+    let img = sd.decode(&x.narrow(0, 0, 1));
+    assert_eq!(states.size(), vec![2, 16, 16]);
+    divrl::config::write_safetensors_atomic(
+        &root.join("expected.safetensors"),
+        &[
+            ("ids".to_string(), ids),
+            ("states".to_string(), states),
+            ("x".to_string(), x),
+            ("t".to_string(), t),
+            ("eps".to_string(), eps),
+            ("image".to_string(), img),
+        ],
+    )
+    .unwrap();
+}
