@@ -40,6 +40,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Diversity-oriented RL fine-tuning of a base checkpoint (the paper's Algorithm 1)
     Finetune(Box<cmd::finetune::Args>),
+    /// Sample a PNG grid from a Stable Diffusion diffusers folder, optionally with a LoRA
+    SdSample(cmd::sd_sample::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Features(args) => cmd::features::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Finetune(args) => cmd::finetune::run(*args),
+        Command::SdSample(args) => cmd::sd_sample::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

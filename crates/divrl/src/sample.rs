@@ -94,10 +94,30 @@ pub fn sample_trajectory<M: EpsModel + ?Sized>(
     shape: [i64; 3],
     seed: u64,
 ) -> Result<Trajectory> {
+    let ts = sched.sampling_timesteps(cfg.steps)?;
+    sample_trajectory_at(model, sched, cfg, classes, shape, seed, ts)
+}
+
+/// [`sample_trajectory`] along given timesteps (descending; `cfg.steps + 1` of them, `-1` =
+/// after the last step), e.g. diffusers' DDIM spacing.
+pub fn sample_trajectory_at<M: EpsModel + ?Sized>(
+    model: &M,
+    sched: &NoiseSchedule,
+    cfg: &SamplerConfig,
+    classes: &Tensor,
+    shape: [i64; 3],
+    seed: u64,
+    ts: Vec<i64>,
+) -> Result<Trajectory> {
     cfg.validate()?;
+    if ts.len() != cfg.steps + 1 || ts.windows(2).any(|w| w[1] >= w[0]) {
+        bail!(
+            "sampling timesteps must be {} descending values",
+            cfg.steps + 1
+        );
+    }
     let device = classes.device();
     let b = classes.size()[0];
-    let ts = sched.sampling_timesteps(cfg.steps)?;
     let mut rng = SplitMix64(seed);
     let full = [b, shape[0], shape[1], shape[2]];
     let mut x = rng.randn(&full, device);

@@ -12,6 +12,9 @@ use tch::{Kind, Tensor};
 pub enum BetaSchedule {
     Linear,
     Cosine,
+    /// Stable Diffusion's: β linear in √β from √beta_start to √beta_end.
+    #[serde(rename = "scaled_linear")]
+    ScaledLinear,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,9 @@ impl Default for ScheduleConfig {
 pub struct NoiseSchedule {
     pub cfg: ScheduleConfig,
     pub alphas_cumprod: Vec<f64>,
+    /// ᾱ after the last step (`t < 0`): 1.0 here; diffusers' DDIM uses ᾱ_0 unless
+    /// `set_alpha_to_one` (see [`crate::models::sd::scheduler`]).
+    pub final_alpha_cumprod: f64,
 }
 
 impl NoiseSchedule {
@@ -48,7 +54,7 @@ impl NoiseSchedule {
             bail!("num_train_timesteps must be in 2..=100000, got {n}");
         }
         let betas: Vec<f64> = match cfg.beta_schedule {
-            BetaSchedule::Linear => {
+            BetaSchedule::Linear | BetaSchedule::ScaledLinear => {
                 if !(cfg.beta_start > 0.0 && cfg.beta_start <= cfg.beta_end && cfg.beta_end < 1.0) {
                     bail!(
                         "need 0 < beta_start <= beta_end < 1, got {} and {}",
@@ -56,9 +62,20 @@ impl NoiseSchedule {
                         cfg.beta_end
                     );
                 }
+                let scaled = cfg.beta_schedule == BetaSchedule::ScaledLinear;
+                let (lo, hi) = if scaled {
+                    (cfg.beta_start.sqrt(), cfg.beta_end.sqrt())
+                } else {
+                    (cfg.beta_start, cfg.beta_end)
+                };
                 (0..n)
                     .map(|i| {
-                        cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i as f64 / (n - 1) as f64
+                        let b = lo + (hi - lo) * i as f64 / (n - 1) as f64;
+                        if scaled {
+                            b * b
+                        } else {
+                            b
+                        }
                     })
                     .collect()
             }
@@ -85,6 +102,7 @@ impl NoiseSchedule {
         Ok(Self {
             cfg: cfg.clone(),
             alphas_cumprod,
+            final_alpha_cumprod: 1.0,
         })
     }
 
@@ -92,10 +110,10 @@ impl NoiseSchedule {
         self.cfg.num_train_timesteps
     }
 
-    /// ᾱ_t; t = -1 means "no noise" (1.0).
+    /// ᾱ_t; t = -1 means "after the last step" ([`Self::final_alpha_cumprod`], 1.0 = no noise).
     pub fn alpha_bar(&self, t: i64) -> f64 {
         if t < 0 {
-            1.0
+            self.final_alpha_cumprod
         } else {
             self.alphas_cumprod[t as usize]
         }

@@ -22,7 +22,27 @@ pub struct Args {
     #[arg(long)]
     pub no_progress: bool,
 
-    /// Base checkpoint folder [default: models/fashion-mnist-base]
+    /// unet (class-conditional base checkpoint) or sd (Stable Diffusion diffusers folder in
+    /// --base, prompts as conditions) [default: unet, or the config file's]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// sd: a prompt (repeat the flag for several)
+    #[arg(long)]
+    pub prompts: Option<Vec<String>>,
+    /// sd: reference image folder per prompt (repeat), or one folder with a sub-folder per prompt
+    #[arg(long)]
+    pub references: Option<Vec<PathBuf>>,
+    /// sd: image side in pixels, 0 = the UNet's sample_size [default: 0]
+    #[arg(long)]
+    pub resolution: Option<i64>,
+    /// sd: fp32, bf16 (frozen weights in bfloat16) or fp16 (CUDA autocast) [default: fp32]
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// sd: recompute UNet stages in the backward pass instead of storing them [default: true for sd]
+    #[arg(long)]
+    pub gradient_checkpointing: Option<bool>,
+
+    /// Base checkpoint folder, or the diffusers folder for sd [default: models/fashion-mnist-base]
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Run folder (log.jsonl, samples/, checkpoints/, lora.safetensors, merged/) [default: runs/finetune]
@@ -187,12 +207,13 @@ macro_rules! apply {
 
 /// The config file (or defaults) with the flags applied.
 pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
+    // Fields neither the file nor a flag sets take the defaults of the run's model.
     let mut cfg: FinetuneConfig = match &args.config {
-        Some(p) => divrl::config::read_toml(p)?,
-        None => FinetuneConfig::default(),
+        Some(p) => FinetuneConfig::read_toml_for(p, args.model.as_deref())?,
+        None => FinetuneConfig::defaults_for(args.model.as_deref().unwrap_or("unet"))?,
     };
     apply!(args, cfg;
-        plain: base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
+        plain: prompts, references, resolution, precision, gradient_checkpointing, base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
             extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
             timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
@@ -214,6 +235,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{} already holds a run: pass --resume to continue it, or choose another --out",
             out.display()
         );
+    }
+    if cfg.model == "sd" {
+        return run_sd(&args, cfg, device);
     }
     let model = divrl::checkpoint::load_model(&cfg.base, device, true)
         .with_context(|| format!("loading base checkpoint {}", cfg.base.display()))?;
@@ -286,6 +310,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         trainer.epoch,
         t0.elapsed().as_secs_f64(),
         out.display()
+    );
+    Ok(())
+}
+
+/// `--model sd`: Stable Diffusion with LoRA, prompts as conditions, CLIP ϕ on decoded images.
+fn run_sd(args: &Args, cfg: FinetuneConfig, device: divrl::tch::Device) -> anyhow::Result<()> {
+    use divrl::models::sd::{Precision, StableDiffusion};
+    use divrl::rl::sd_trainer::{reference_features, reference_files};
+    let precision: Precision = cfg.precision.parse()?;
+    if cfg.base.as_os_str().is_empty() {
+        bail!("--model sd needs --base <diffusers folder>");
+    }
+    let sd = StableDiffusion::load(&cfg.base, device, precision)
+        .with_context(|| format!("loading Stable Diffusion folder {}", cfg.base.display()))?;
+    let phi = divrl::rl::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    let files = reference_files(&cfg.references, cfg.prompts.len(), cfg.ref_per_class)?;
+    let mut references = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        references.insert(
+            i as i64,
+            reference_features(
+                phi.as_ref(),
+                f,
+                &format!("reference features of prompt {i}"),
+            )?,
+        );
+    }
+    let out = cfg.out.clone();
+    let mut trainer = divrl::rl::SdFinetuner::new(cfg, sd, phi, references)?;
+    if args.resume {
+        if trainer.resume()? {
+            eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
+        } else {
+            eprintln!("no checkpoint in {}: starting from epoch 0", out.display());
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let lora = trainer.run(!args.no_progress)?;
+    eprintln!(
+        "fine-tuned to epoch {} in {:.1} s -> {} (LoRA in {}, log.jsonl)",
+        trainer.epoch,
+        t0.elapsed().as_secs_f64(),
+        out.display(),
+        lora.display()
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod metrics;
 pub mod reward;
 pub mod sample;
+pub mod sd_sample;
 pub mod select;
 pub mod train_base;
 pub mod train_classifier;

@@ -504,6 +504,99 @@ impl Clip {
     }
 }
 
+/// The CLIP text tower alone (transformers' `CLIPTextModel`, keys `text_model.*`), as in a
+/// Stable Diffusion `text_encoder/` folder (whose `config.json` is a flat [`ClipTextConfig`]).
+/// Stable Diffusion conditions on [`ClipTextModel::last_hidden_state`] (every token, after
+/// `final_layer_norm`), not on the pooled projection.
+#[derive(Debug)]
+pub struct ClipTextModel {
+    pub cfg: ClipTextConfig,
+    token_embedding: nn::Embedding,
+    text_pos: nn::Embedding,
+    layers: Vec<Layer>,
+    final_layer_norm: nn::LayerNorm,
+}
+
+impl ClipTextModel {
+    /// Variables under `root / "text_model"`.
+    pub fn new(root: &nn::Path, cfg: &ClipTextConfig) -> Result<Self> {
+        if cfg.hidden_size < 1
+            || cfg.num_attention_heads < 1
+            || cfg.hidden_size % cfg.num_attention_heads != 0
+        {
+            bail!(
+                "CLIP text config: hidden_size {} must be a positive multiple of num_attention_heads {}",
+                cfg.hidden_size,
+                cfg.num_attention_heads
+            );
+        }
+        if !matches!(cfg.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            bail!(
+                "CLIP text config: unsupported hidden_act {:?} (quick_gelu or gelu)",
+                cfg.hidden_act
+            );
+        }
+        if cfg.vocab_size < 1 || cfg.max_position_embeddings < 2 || cfg.num_hidden_layers < 1 {
+            bail!("CLIP text config: vocab_size, max_position_embeddings and num_hidden_layers must be positive");
+        }
+        let tp = root / "text_model";
+        Ok(Self {
+            cfg: cfg.clone(),
+            token_embedding: nn::embedding(
+                &tp / "embeddings" / "token_embedding",
+                cfg.vocab_size,
+                cfg.hidden_size,
+                Default::default(),
+            ),
+            text_pos: nn::embedding(
+                &tp / "embeddings" / "position_embedding",
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                Default::default(),
+            ),
+            layers: encoder(
+                &tp,
+                cfg.num_hidden_layers,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.layer_norm_eps,
+                &cfg.hidden_act,
+            ),
+            final_layer_norm: nn::layer_norm(
+                &tp / "final_layer_norm",
+                vec![cfg.hidden_size],
+                nn::LayerNormConfig {
+                    eps: cfg.layer_norm_eps,
+                    ..Default::default()
+                },
+            ),
+        })
+    }
+
+    /// `[B, L, hidden]` hidden states of token ids `[B, L]` after `final_layer_norm`.
+    pub fn last_hidden_state(&self, ids: &Tensor) -> Result<Tensor> {
+        let t = &self.cfg;
+        let s = ids.size();
+        if s.len() != 2 || s[1] < 1 || s[1] > t.max_position_embeddings {
+            bail!(
+                "CLIP text expects [B, L] token ids with L <= {}, got {s:?}",
+                t.max_position_embeddings
+            );
+        }
+        let ids = ids.to_kind(Kind::Int64);
+        let (mn, mx) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        if mn < 0 || mx >= t.vocab_size {
+            bail!("token id outside the vocabulary (0..{})", t.vocab_size);
+        }
+        let mut h = self.token_embedding.forward(&ids) + self.text_pos.ws.narrow(0, 0, s[1]);
+        for layer in &self.layers {
+            h = layer.forward(&h, true);
+        }
+        Ok(self.final_layer_norm.forward(&h))
+    }
+}
+
 /// CLIP preprocessing of images in `[0, 1]` (`[N, C, H, W]`, C = 1 or 3, any size) to normalised
 /// `[N, 3, size, size]` pixels.
 pub fn preprocess(images: &Tensor, size: i64) -> Result<Tensor> {

@@ -134,6 +134,36 @@ impl ClipTokenizer {
         Ok(tok)
     }
 
+    /// Reads the slow-tokenizer files of a diffusers `tokenizer/` folder: `vocab.json` (token →
+    /// id) and `merges.txt` (one `a b` pair per line after a `#version` header).
+    pub fn from_vocab_merges(
+        vocab_path: &Path,
+        merges_path: &Path,
+        context_length: usize,
+    ) -> Result<Self> {
+        let text = std::fs::read_to_string(vocab_path)
+            .with_context(|| format!("reading {}", vocab_path.display()))?;
+        let vocab: HashMap<String, i64> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a token → id JSON object", vocab_path.display()))?;
+        let text = std::fs::read_to_string(merges_path)
+            .with_context(|| format!("reading {}", merges_path.display()))?;
+        let mut merges = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.starts_with("#version") || line.trim().is_empty() {
+                continue;
+            }
+            let (a, b) = line.split_once(' ').with_context(|| {
+                format!(
+                    "{}:{}: bad merge line {line:?}",
+                    merges_path.display(),
+                    i + 1
+                )
+            })?;
+            merges.push((a.to_string(), b.to_string()));
+        }
+        Self::new(vocab, merges, context_length)
+    }
+
     /// CLIP's pre-tokenisation of normalised text.
     fn pieces(text: &str) -> Vec<String> {
         let chars: Vec<char> = text.chars().collect();

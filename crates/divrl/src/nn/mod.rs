@@ -1,2 +1,3 @@
 //! Neural-network building blocks shared by the models.
 pub mod lora;
+pub mod lora_diffusers;

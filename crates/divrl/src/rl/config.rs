@@ -13,6 +13,21 @@ use divrl_reward::{RewardKind, RewardSpec};
 #[serde(default, deny_unknown_fields)]
 pub struct FinetuneConfig {
     // ---- model, data, feature space ------------------------------------------------------
+    /// `unet` (a class-conditional base checkpoint) or `sd` (a Stable Diffusion diffusers folder
+    /// in `base`, prompts as conditions; see [`crate::rl::sd_trainer`]).
+    pub model: String,
+    /// sd: the prompts (condition `i` is prompt `i`).
+    pub prompts: Vec<String>,
+    /// sd: reference images per prompt: one folder per prompt, or a single folder holding one
+    /// sub-folder per prompt (sorted by name). At most `ref_per_class` images of each are used.
+    pub references: Vec<PathBuf>,
+    /// sd: image side in pixels (0 = the UNet's `sample_size` latents).
+    pub resolution: i64,
+    /// sd: `fp32`, `bf16` (frozen weights in bfloat16, adapters f32) or `fp16` (CUDA autocast).
+    pub precision: String,
+    /// sd: gradient checkpointing of the UNet in the PPO update (recompute each stage in the
+    /// backward pass instead of keeping the whole graph).
+    pub gradient_checkpointing: bool,
     /// Base checkpoint folder (`config.toml` + `ema.safetensors`), e.g. models/fashion-mnist-base.
     pub base: PathBuf,
     /// Run folder: log, sample grids, checkpoints, exports.
@@ -125,6 +140,12 @@ impl Default for FinetuneConfig {
     fn default() -> Self {
         let lora = LoraConfig::default();
         Self {
+            model: "unet".into(),
+            prompts: Vec::new(),
+            references: Vec::new(),
+            resolution: 0,
+            precision: "fp32".into(),
+            gradient_checkpointing: false,
             base: PathBuf::from("models/fashion-mnist-base"),
             out: PathBuf::from("runs/finetune"),
             data: "fashion-mnist".into(),
@@ -181,6 +202,64 @@ impl Default for FinetuneConfig {
 }
 
 impl FinetuneConfig {
+    /// Defaults of a Stable Diffusion run: CLIP ϕ, 50 DDIM steps, guidance 5 (DDPO's), and the
+    /// memory-conscious settings: one trajectory per sampling batch, one per PPO minibatch, the
+    /// gradients of `images_per_class` minibatches accumulated per optimizer step, gradient
+    /// checkpointing of the UNet.
+    pub fn sd_default() -> Self {
+        Self {
+            model: "sd".into(),
+            base: PathBuf::new(),
+            out: PathBuf::from("runs/finetune-sd"),
+            data: String::new(),
+            extractor: "clip".into(),
+            steps: 50,
+            guidance: 5.0,
+            sample_batch_size: 1,
+            train_batch_size: 1,
+            grad_accum: 5,
+            sample_every: 1,
+            gradient_checkpointing: true,
+            ..Self::default()
+        }
+    }
+
+    /// The defaults of `model` (`unet` or `sd`).
+    pub fn defaults_for(model: &str) -> Result<Self> {
+        match model {
+            "unet" => Ok(Self::default()),
+            "sd" => Ok(Self::sd_default()),
+            other => bail!("unknown model {other:?}: expected unet or sd"),
+        }
+    }
+
+    /// Reads a run's TOML; fields it does not set take the defaults of its `model` (or of
+    /// `model_override`, which also replaces the file's `model`).
+    pub fn read_toml_for(path: &std::path::Path, model_override: Option<&str>) -> Result<Self> {
+        use anyhow::Context;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: bad TOML", path.display()))?;
+        let model = match model_override {
+            Some(m) => m.to_string(),
+            None => table
+                .get("model")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unet")
+                .to_string(),
+        };
+        table.insert("model".into(), toml::Value::String(model.clone()));
+        let base = Self::defaults_for(&model)?;
+        let mut merged: toml::Table = toml::Table::try_from(&base)?;
+        for (k, v) in table {
+            merged.insert(k, v);
+        }
+        merged
+            .try_into()
+            .with_context(|| format!("{}: bad run configuration", path.display()))
+    }
+
     pub fn reward_spec(&self) -> RewardSpec {
         RewardSpec {
             kind: self.reward,
@@ -295,6 +374,54 @@ impl FinetuneConfig {
         }
         if self.classes.iter().any(|&c| c < 0) {
             bail!("class indices must be >= 0");
+        }
+        match self.model.as_str() {
+            "unet" if self.gradient_checkpointing => {
+                bail!("gradient_checkpointing is implemented for model sd only")
+            }
+            "unet" => {}
+            "sd" => self.validate_sd()?,
+            other => bail!("unknown model {other:?}: expected unet or sd"),
+        }
+        Ok(())
+    }
+
+    fn validate_sd(&self) -> Result<()> {
+        if self.prompts.is_empty() {
+            bail!("model sd needs at least one prompt");
+        }
+        if self.prompts.iter().any(|p| p.trim().is_empty()) {
+            bail!(
+                "prompts must not be empty (the empty prompt is guidance's unconditional branch)"
+            );
+        }
+        if !(self.references.len() == 1 || self.references.len() == self.prompts.len()) {
+            bail!(
+                "model sd needs one reference folder per prompt ({}), or one folder with a sub-folder per prompt; got {}",
+                self.prompts.len(),
+                self.references.len()
+            );
+        }
+        self.precision
+            .parse::<crate::models::sd::Precision>()
+            .map(|_| ())?;
+        if self.resolution < 0 {
+            bail!("resolution must be >= 0");
+        }
+        if self.sampler != SamplerKind::Ddim {
+            bail!("model sd samples with DDIM");
+        }
+        if self.full_finetune {
+            bail!("model sd trains LoRA adapters only (full_finetune is for the unet model)");
+        }
+        if self.kl_coef > 0.0 {
+            bail!("kl_coef is not implemented for model sd");
+        }
+        if self.eval_every > 0 {
+            bail!("held-out evaluation (eval_every) is not implemented for model sd");
+        }
+        if !self.classes.is_empty() {
+            bail!("model sd takes prompts, not classes");
         }
         Ok(())
     }

@@ -14,7 +14,9 @@ pub mod config;
 pub mod phi;
 pub mod policy;
 pub mod ppo;
+pub mod sd_trainer;
 pub mod trainer;
 
 pub use config::FinetuneConfig;
+pub use sd_trainer::SdFinetuner;
 pub use trainer::{EvalSet, Finetuner};
