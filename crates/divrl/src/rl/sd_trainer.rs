@@ -259,7 +259,8 @@ impl SdFinetuner {
         if advantages.len() != b {
             bail!("{} advantages for {b} samples", advantages.len());
         }
-        let k = traj.num_steps();
+        // Trainable transitions: all but the final `skip_final_steps` (see FinetuneConfig).
+        let k = traj.num_steps().saturating_sub(self.cfg.skip_final_steps).max(1);
         let n_t = ((self.cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
         let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
             .to_device(self.device);
