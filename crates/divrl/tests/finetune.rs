@@ -391,7 +391,7 @@ fn skipped_final_steps_are_never_trained() {
             None,
         )
         .unwrap();
-        let mut roll = ft.sample_rollout().unwrap();
+        let roll = ft.sample_rollout().unwrap();
         let last = roll.traj.num_steps() as i64 - 1;
         let _ = roll.traj.log_probs.get(last).fill_(f64::NAN);
         let adv: Vec<f64> = (0..roll.conditions.len())
