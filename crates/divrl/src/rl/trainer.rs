@@ -391,7 +391,10 @@ impl Finetuner {
             bail!("{} advantages for {b} samples", advantages.len());
         }
         // Trainable transitions: all but the final `skip_final_steps`.
-        let k = traj.num_steps().saturating_sub(self.cfg.skip_final_steps).max(1);
+        let k = traj
+            .num_steps()
+            .saturating_sub(self.cfg.skip_final_steps)
+            .max(1);
         let n_t = ((self.cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
         let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
             .to_device(self.device);
