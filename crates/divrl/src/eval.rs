@@ -1,11 +1,12 @@
 //! Image-level evaluation: FID, Precision/Recall/Density/Coverage and Inception Score in an
 //! extractor's feature space (the maths is `divrl_reward::metrics`), and the attribute histogram
 //! of the generated images with its KL divergence to uniform.
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::features::to_features;
+use crate::models::clip::LoadedClip;
 
 #[derive(Debug, Clone, Copy)]
 pub struct EvalOptions {
@@ -72,7 +73,11 @@ pub struct EvalReport {
     /// Inception Score (mean, std over splits) from the extractor's class logits, if it has any.
     pub inception_score: Option<f64>,
     pub inception_score_std: Option<f64>,
+    /// The first attribute (kept for readers of single-attribute reports).
     pub attribute: Option<AttributeReport>,
+    /// Every attribute evaluated, in the order asked for.
+    #[serde(default)]
+    pub attributes: Vec<AttributeReport>,
 }
 
 /// Metrics of generated vs reference features (`[M, D]`, `[N, D]`), with IS from the generated
@@ -111,6 +116,7 @@ pub fn evaluate(
         coverage: p.coverage,
         inception_score: is,
         inception_score_std: is_std,
+        attributes: attribute.iter().cloned().collect(),
         attribute,
     })
 }
@@ -130,7 +136,13 @@ impl EvalReport {
         if let (Some(m), Some(sd)) = (self.inception_score, self.inception_score_std) {
             s += &format!("IS         {m:.4} ± {sd:.4}\n");
         }
-        if let Some(a) = &self.attribute {
+        let single: Vec<AttributeReport> = self.attribute.iter().cloned().collect();
+        let attrs = if self.attributes.is_empty() {
+            &single
+        } else {
+            &self.attributes
+        };
+        for a in attrs {
             let total: u64 = a.counts.iter().sum();
             s += &format!(
                 "attribute ({}), KL to uniform {:.4} nats\n",
@@ -147,4 +159,83 @@ impl EvalReport {
         }
         s
     }
+
+    /// Replaces the attribute histograms (the first also becomes `attribute`).
+    pub fn with_attributes(mut self, attributes: Vec<AttributeReport>) -> Self {
+        self.attribute = attributes.first().cloned();
+        self.attributes = attributes;
+        self
+    }
+}
+
+/// An attribute for CLIP zero-shot evaluation: a name and one prompt per category, e.g.
+/// `gender`: ["a headshot of a man", "a headshot of a woman"].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipAttribute {
+    pub name: String,
+    pub prompts: Vec<String>,
+}
+
+impl ClipAttribute {
+    /// Parses `[NAME=]PROMPTS`, where PROMPTS is a file (one prompt per line; blank lines and
+    /// `#` comments skipped) or a comma-separated list. The name defaults to `clip`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (name, list) = match spec.split_once('=') {
+            Some((n, l)) if !n.is_empty() && !n.contains(',') && !n.contains('/') => (n, l),
+            _ => ("clip", spec),
+        };
+        let path = std::path::Path::new(list);
+        let prompts: Vec<String> = if path.is_file() {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading prompts from {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        } else {
+            list.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        if prompts.len() < 2 {
+            bail!(
+                "CLIP attribute {name:?} needs at least two prompts (a comma list or a file with one per line), got {}",
+                prompts.len()
+            );
+        }
+        Ok(Self {
+            name: name.to_string(),
+            prompts,
+        })
+    }
+}
+
+/// ITI-GEN's CLIP evaluation of one attribute: every image (`[N, C, H, W]` in `[0, 1]`) goes to
+/// the category whose prompt has the largest zero-shot probability (the highest cosine
+/// similarity), in batches of `batch` images; returns the histogram and its KL to uniform.
+/// The report's source is `clip:<name>`, its category names the prompts.
+pub fn clip_attribute_report(
+    clip: &LoadedClip,
+    images: &Tensor,
+    attribute: &ClipAttribute,
+    batch: usize,
+) -> Result<AttributeReport> {
+    let n = images.size().first().copied().unwrap_or(0);
+    if n == 0 {
+        bail!("CLIP attribute {:?}: no images", attribute.name);
+    }
+    let mut labels = Vec::with_capacity(n as usize);
+    for chunk in images.split(batch.max(1) as i64, 0) {
+        let p = clip.zero_shot(&chunk, &attribute.prompts)?;
+        let am: Vec<i64> = Vec::<i64>::try_from(&p.argmax(-1, false))?;
+        labels.extend(am.into_iter().map(|v| v as usize));
+    }
+    AttributeReport::new(
+        &format!("clip:{}", attribute.name),
+        attribute.prompts.clone(),
+        &labels,
+    )
 }

