@@ -40,6 +40,10 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Diversity-oriented RL fine-tuning of a base checkpoint (the paper's Algorithm 1)
     Finetune(Box<cmd::finetune::Args>),
+    /// Baseline collapse, diversity fine-tuning, before/after evaluation and an HTML report
+    Demo(cmd::demo::Args),
+    /// The paper's experiments on our data: selection, guidance, debias, ablation
+    Experiment(cmd::experiment::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,8 @@ fn main() -> ExitCode {
         Command::Features(args) => cmd::features::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Finetune(args) => cmd::finetune::run(*args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Experiment(args) => cmd::experiment::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
