@@ -272,3 +272,91 @@ fn experiments_write_tables_and_skip_finished_cells() {
     ]));
     assert!(e.contains("nope"), "{e}");
 }
+
+#[test]
+fn debias_reports_attribute_kl_with_balanced_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A tiny 28×28 base on the skewed variant (10% inverted training images).
+    let cfg = TINY_BASE
+        .replace("image_size = 8", "image_size = 28")
+        .replace("num_classes = 3", "num_classes = 10");
+    let base_cfg = d.join("base.toml");
+    std::fs::write(&base_cfg, cfg).unwrap();
+    let base = d.join("skewed-base");
+    run_ok(
+        divrl()
+            .args(["train-base", "--out", base.to_str().unwrap()])
+            .args([
+                "--config",
+                base_cfg.to_str().unwrap(),
+                "--data",
+                "fashion-mnist-skewed",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]),
+    );
+    // The default data set is replaced by the skewed one; ref_per_class must be even.
+    let ov = d.join("ov.toml");
+    std::fs::write(
+        &ov,
+        "extractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 3\nsteps = 3\nepochs = 1\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\n",
+    )
+    .unwrap();
+    let out = d.join("deb");
+    run_ok(
+        divrl()
+            .args([
+                "experiment",
+                "debias",
+                "--quick",
+                "--base",
+                base.to_str().unwrap(),
+            ])
+            .args([
+                "--config",
+                ov.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(["--guidance", "2", "--no-progress"]),
+    );
+    let t = json(&out.join("table.json"));
+    let cells = t["cells"].as_array().unwrap();
+    let names: Vec<&str> = cells.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "mmd", "gp-mi"]);
+    for c in cells {
+        let a = &c["report"]["attribute"];
+        let counts: Vec<u64> = a["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 40, "{a}");
+        let kl = a["kl_to_uniform"].as_f64().unwrap();
+        // KL(p ‖ uniform) over two values = ln 2 − H(p).
+        let p = counts[1] as f64 / 40.0;
+        let h = -[p, 1.0 - p]
+            .iter()
+            .filter(|&&q| q > 0.0)
+            .map(|&q| q * q.ln())
+            .sum::<f64>();
+        assert!((kl - (2f64.ln() - h)).abs() < 1e-9, "{kl} vs {p}");
+    }
+    let md = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(
+        md.contains("KL to uniform") && md.contains("balanced: 4 normal + 4 inverted"),
+        "{md}"
+    );
+    // The run used the skewed data set and balanced references.
+    let run_cfg = std::fs::read_to_string(out.join("cells/mmd/config.toml")).unwrap();
+    assert!(
+        run_cfg.contains("data = \"fashion-mnist-skewed\""),
+        "{run_cfg}"
+    );
+    assert!(run_cfg.contains("balanced_reference = true"), "{run_cfg}");
+}
