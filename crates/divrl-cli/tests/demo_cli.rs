@@ -179,6 +179,10 @@ fn demo_writes_a_self_contained_report_and_resumes() {
     assert_eq!(std::fs::read(out.join("baseline-w1.json")).unwrap(), w1);
     let j2 = json(&out.join("report.json"));
     assert_eq!(j2["epochs"], j["epochs"]);
+    // Wall time adds up over invocations.
+    let total = |j: &serde_json::Value| j["wall_seconds_total"].as_f64().unwrap();
+    assert!((total(&j) - j["wall_seconds"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(total(&j2) > total(&j));
     assert_eq!(j2["after"], j["after"]);
 }
 

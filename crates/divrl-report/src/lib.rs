@@ -401,7 +401,7 @@ pub fn line_plot(
                     .configure_series_labels()
                     .border_style(BLACK.mix(0.4))
                     .background_style(WHITE.mix(0.85))
-                    .position(SeriesLabelPosition::UpperRight)
+                    .position(SeriesLabelPosition::MiddleRight)
                     .draw()
                     .map_err(|e| format!("{e:?}"))?;
             }

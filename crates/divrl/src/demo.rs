@@ -22,6 +22,8 @@ use crate::rl::{FinetuneConfig, Finetuner};
 pub const REPORT_HTML: &str = "report.html";
 pub const REPORT_JSON: &str = "report.json";
 pub const BASELINE_W1: &str = "baseline-w1.json";
+/// Wall seconds of the completed invocations so far (a resumed demo adds to it).
+pub const WALL_FILE: &str = "wall-seconds.json";
 pub const GRIDS_DIR: &str = "grids";
 /// Images per class in the report's grids (at most the evaluation images per class).
 pub const GRID_PER_CLASS: usize = 8;
@@ -43,8 +45,11 @@ pub struct DemoJson {
     pub quick: bool,
     pub machine: String,
     pub finished_utc: String,
-    /// Wall time of the invocation that wrote this report (a resumed run counts only its part).
+    /// Wall time of the invocation that wrote this report.
     pub wall_seconds: f64,
+    /// Wall time of every completed invocation on this run folder, this one included (an
+    /// invocation killed before its report is not counted).
+    pub wall_seconds_total: f64,
     /// Fine-tuning time over all invocations (sampling, rewards, PPO; without evaluations).
     pub train_seconds: f64,
     pub baseline_w1: EvalReport,
@@ -273,12 +278,20 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         .with_context(|| format!("log.jsonl has no evaluation at epoch {epochs}"))?
         .report
         .clone();
+    let wall = t0.elapsed().as_secs_f64();
+    let wall_file = out.join(WALL_FILE);
+    let wall_before: f64 = if wall_file.exists() {
+        read_json(&wall_file)?
+    } else {
+        0.0
+    };
     let json = DemoJson {
         command: opts.command.clone(),
         quick: opts.quick,
         machine: machine_description(),
         finished_utc: utc_now(),
-        wall_seconds: t0.elapsed().as_secs_f64(),
+        wall_seconds: wall,
+        wall_seconds_total: wall_before + wall,
         train_seconds: trainer.train_seconds,
         baseline_w1,
         before,
@@ -291,6 +304,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     let html = out.join(REPORT_HTML);
     let jpath = out.join(REPORT_JSON);
     write_json(&jpath, &json)?;
+    write_json(&wall_file, &json.wall_seconds_total)?;
     report
         .write(&html)
         .with_context(|| format!("writing {}", html.display()))?;
@@ -342,8 +356,8 @@ fn build_report(j: &DemoJson, out: &Path) -> Result<Report> {
         "divrl demo: diversity RL fine-tuning"
     });
     r.subtitle = Some(format!(
-        "{} · {} · {} · this invocation {:.0} s, fine-tuning {:.0} s in all",
-        j.command, j.machine, j.finished_utc, j.wall_seconds, j.train_seconds
+        "{} · {} · {} · wall time {:.0} s (this invocation {:.0} s), of which fine-tuning {:.0} s",
+        j.command, j.machine, j.finished_utc, j.wall_seconds_total, j.wall_seconds, j.train_seconds
     ));
     r.paragraph(format!(
         "Base model {} (data {}); the {} Diversity Reward against {} reference images per class; {} epochs of M = {} images for each of {} classes, {} DDIM steps at guidance {w}. Metrics: {}; {} generated images per class ({} in all); k = {} for Precision/Recall/Density/Coverage.",

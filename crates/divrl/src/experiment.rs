@@ -65,6 +65,8 @@ pub struct ExperimentOptions {
     pub guidance: Option<f64>,
     /// Selection: candidate sets of O per class (full 20, quick 4).
     pub sets_per_class: Option<usize>,
+    /// Guidance: the scales to run (default 4, 3, 2, 1, the paper's).
+    pub scales: Option<Vec<f64>>,
     /// A TOML table laid over every cell's fine-tuning config (sizes, device, ϕ, data …).
     pub overlay: Option<toml::Table>,
     pub device: Option<String>,
@@ -667,6 +669,44 @@ fn selection(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
         write_json(&p, &r)?;
         cells.push(r);
     }
+    // The noise scale of a row: random selection with 10 other seeds (cheap: features cached).
+    let spread_file = ctx.cells_dir.join("random-spread.json");
+    let spread: BTreeMap<String, f64> = if spread_file.exists() {
+        read_json(&spread_file)?
+    } else {
+        let mut vals: Vec<[f64; 3]> = Vec::new();
+        for seed in 1..=10u64 {
+            let mut rng = SplitMix64(0x5E1E_C7ED ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut chosen: Vec<i64> = Vec::new();
+            for idx in &class_idx {
+                for set in idx.chunks(o) {
+                    let mut s = set.to_vec();
+                    rng.shuffle(&mut s);
+                    chosen.extend(s[..m].iter().map(|&i| i as i64));
+                }
+            }
+            let it = Tensor::from_slice(&chosen);
+            let g = to_features("selected features", &feats.index_select(0, &it))?;
+            let r = to_features("held-out features", &eval_feats)?;
+            let p = divrl_reward::metrics::prdc(&g, &r, 3)?;
+            vals.push([p.recall, p.precision, divrl_reward::metrics::fid(&g, &r)?]);
+        }
+        let sd = |j: usize| {
+            let mean = vals.iter().map(|v| v[j]).sum::<f64>() / vals.len() as f64;
+            (vals.iter().map(|v| (v[j] - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64)
+                .sqrt()
+        };
+        let sp: BTreeMap<String, f64> = [
+            ("recall_sd", sd(0)),
+            ("precision_sd", sd(1)),
+            ("fid_sd", sd(2)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        write_json(&spread_file, &sp)?;
+        sp
+    };
     ctx.pb.inc(2);
     let sizes = sizes_of(
         &cfg,
@@ -684,6 +724,13 @@ fn selection(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
                 format!("{} (all-10: {})", s_per_class * m * k, n_per_class * k),
             ),
             ("evaluation images per class", "—".into()),
+            (
+                "noise scale: std of random selection over 10 seeds",
+                format!(
+                    "Recall {:.4}, Precision {:.4}, FID {:.2}",
+                    spread["recall_sd"], spread["precision_sd"], spread["fid_sd"]
+                ),
+            ),
         ],
     );
     let pts = |f: fn(&EvalReport) -> f64| -> Vec<Series> {
@@ -719,10 +766,13 @@ fn selection(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
 // Table 2: fine-tuning at guidance 1–4
 
 fn guidance(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
-    let ws = [4.0, 3.0, 2.0, 1.0];
+    let ws = ctx.opts.scales.clone().unwrap_or(vec![4.0, 3.0, 2.0, 1.0]);
+    if ws.is_empty() || ws.iter().any(|w| !w.is_finite() || *w < 0.0) {
+        bail!("--scales must list guidance scales >= 0");
+    }
     let rewards = [RewardKind::GpMi, RewardKind::Mmd];
     let mut plan = Vec::new();
-    for w in ws {
+    for &w in &ws {
         plan.push((w, None));
         for r in rewards {
             plan.push((w, Some(r)));

@@ -37,6 +37,9 @@ pub struct Args {
     /// Selection: candidate sets of 10 per class [default: 20, quick 4]
     #[arg(long)]
     pub sets_per_class: Option<usize>,
+    /// Guidance: the scales to run, comma-separated [default: 4,3,2,1]
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<f64>>,
     /// TOML file of fine-tuning fields laid over every cell's preset
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -96,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         base: args.base,
         guidance: args.guidance,
         sets_per_class: args.sets_per_class,
+        scales: args.scales,
         overlay: read_overlay(args.config.as_deref())?,
         device: args.device,
         threads: args.threads,

@@ -1,8 +1,9 @@
 //! The fine-tuning settings of `divrl demo` and `divrl experiment …`, in one place so they can be
 //! tuned without touching the commands. Sizes were budgeted on the project's 2-core CPU
-//! (BENCHMARKS.md): one epoch (10 classes × M = 5 images, 10 DDIM steps at guidance 4, PPO on half
-//! of the timesteps, all weights) took 40–55 s there with other jobs on the cores, and one
-//! evaluation image about 0.3 s.
+//! (RESULTS.md): one epoch (10 classes × M = 5 images, 10 DDIM steps at guidance 4, PPO on half
+//! of the timesteps, all weights) took 21–56 s there with 2–4 other jobs on the cores, and one
+//! evaluation of 200 images 47–85 s. The full demo took 742 s (12.4 min), the quick one 12.6 min
+//! under heavier load (one epoch took 250 s then).
 use std::path::PathBuf;
 
 use super::config::FinetuneConfig;
@@ -38,8 +39,9 @@ fn common() -> FinetuneConfig {
 }
 
 /// `divrl demo`: MMD fine-tuning at guidance 4 on the shipped base and ϕ. Full: 12 epochs with
-/// held-out evaluations (20 images per class) at epochs 0, 6 and 12, about 15 minutes on the
-/// 2-core CPU. Quick: 2 epochs, 10 evaluation images per class, about 3 minutes.
+/// held-out evaluations (20 images per class) at epochs 0, 6 and 12, budgeted for 15 minutes on
+/// the 2-core CPU. Quick: 2 epochs, 10 evaluation images per class, budgeted for 3 minutes on an
+/// idle 2-core CPU (an epoch of 40–50 s, three evaluations of 100 images).
 pub fn demo(quick: bool) -> FinetuneConfig {
     let c = common();
     if quick {
