@@ -42,6 +42,10 @@ enum Command {
     Finetune(Box<cmd::finetune::Args>),
     /// Sample a PNG grid from a Stable Diffusion diffusers folder, optionally with a LoRA
     SdSample(cmd::sd_sample::Args),
+    /// Baseline collapse, diversity fine-tuning, before/after evaluation and an HTML report
+    Demo(cmd::demo::Args),
+    /// The paper's experiments on our data: selection, guidance, debias, ablation
+    Experiment(cmd::experiment::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Finetune(args) => cmd::finetune::run(*args),
         Command::SdSample(args) => cmd::sd_sample::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Experiment(args) => cmd::experiment::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,11 +6,15 @@
 //! - [`schedule`]: noise schedules and reverse steps (DDPM, DDIM) with log-probabilities.
 //! - [`sample`]: trajectories (stored, replayed) and PNG grids.
 //! - [`train`]: DDPM base training; [`checkpoint`]: loading.
+//! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
+//!   tables on our data (selection, guidance, debias, ablation).
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod eval;
+pub mod experiment;
 pub mod features;
 pub mod models;
 pub mod nn;
@@ -22,3 +26,7 @@ pub mod schedule;
 pub mod train;
 
 pub use tch;
+/// The TOML table type of config overlays (re-exported so callers need no `toml` dependency).
+pub mod toml_table {
+    pub use toml::Table;
+}

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use divrl::rl::{EvalSet, FinetuneConfig, Finetuner};
+use divrl::rl::FinetuneConfig;
 use divrl::schedule::SamplerKind;
-use divrl::tch::Kind;
 use divrl_reward::RewardKind;
 
 #[derive(clap::Args, Debug, Default)]
@@ -54,6 +53,9 @@ pub struct Args {
     /// N: reference images per condition [default: 50]
     #[arg(long)]
     pub ref_per_class: Option<usize>,
+    /// Balance each reference set over the data set's attribute (N/2 each) [default: false]
+    #[arg(long)]
+    pub balanced_reference: Option<bool>,
     /// Conditions (class indices), comma-separated [default: all]
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<i64>>,
@@ -213,7 +215,8 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
         None => FinetuneConfig::defaults_for(args.model.as_deref().unwrap_or("unet"))?,
     };
     apply!(args, cfg;
-        plain: prompts, references, resolution, precision, gradient_checkpointing, base, out, data, ref_per_class, classes, classes_per_epoch, images_per_class,
+        plain: prompts, references, resolution, precision, gradient_checkpointing, base, out, data,
+            ref_per_class, balanced_reference, classes, classes_per_epoch, images_per_class,
             extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
             timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
@@ -227,8 +230,6 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = resolve(&args)?;
-    divrl::device::set_threads(cfg.threads);
-    let device = divrl::device::parse_device(&cfg.device)?;
     let out = &cfg.out;
     if !args.resume && out.join(divrl::rl::trainer::CHECKPOINTS_DIR).exists() {
         bail!(
@@ -237,62 +238,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if cfg.model == "sd" {
+        divrl::device::set_threads(cfg.threads);
+        let device = divrl::device::parse_device(&cfg.device)?;
         return run_sd(&args, cfg, device);
     }
-    let model = divrl::checkpoint::load_model(&cfg.base, device, true)
-        .with_context(|| format!("loading base checkpoint {}", cfg.base.display()))?;
-    let phi = divrl::rl::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
-    let splits = divrl::data::load_splits(&cfg.data)?;
-    let k = model.config.model.num_classes;
-    if splits.reference.num_classes() != k {
-        bail!(
-            "data set {} has {} classes, the base model {}",
-            cfg.data,
-            splits.reference.num_classes(),
-            k
-        );
-    }
-    let classes: Vec<i64> = if cfg.classes.is_empty() {
-        (0..k).collect()
-    } else {
-        cfg.classes.clone()
-    };
-    // Reference sets: the first N reference-pool images of each class (disjoint from evaluation).
-    let mut references = BTreeMap::new();
-    for &c in &classes {
-        let idx: Vec<usize> = (0..splits.reference.len())
-            .filter(|&i| splits.reference.labels[i] == c)
-            .take(cfg.ref_per_class)
-            .collect();
-        if idx.len() < cfg.ref_per_class {
-            bail!(
-                "class {c} has {} reference images, {} asked for",
-                idx.len(),
-                cfg.ref_per_class
-            );
-        }
-        let imgs = splits.reference.subset(&idx).images;
-        let f = divrl::features::extract(phi.as_ref(), &imgs, 0, false)?;
-        references.insert(
-            c,
-            divrl::features::to_features(&format!("reference features of class {c}"), &f.features)?,
-        );
-    }
-    let eval = if cfg.eval_every > 0 {
-        let idx: Vec<usize> = (0..splits.eval.len())
-            .filter(|&i| classes.contains(&splits.eval.labels[i]))
-            .collect();
-        let imgs = splits.eval.subset(&idx).images;
-        let f = divrl::features::extract(phi.as_ref(), &imgs, 0, !args.no_progress)?;
-        Some(EvalSet {
-            features: f.features.to_kind(Kind::Float),
-            attribute: splits.eval.attributes.is_some(),
-        })
-    } else {
-        None
-    };
-    drop(splits);
-    let mut trainer = Finetuner::new(cfg.clone(), model, phi, references, eval)?;
+    let mut trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;
     if args.resume {
         if trainer.resume()? {
             eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);

@@ -1,6 +1,8 @@
 //! One module per verb: `Args` (clap) and `run`.
 
+pub mod demo;
 pub mod eval;
+pub mod experiment;
 pub mod features;
 pub mod finetune;
 pub mod metrics;

@@ -37,6 +37,9 @@ pub struct FinetuneConfig {
     pub data: String,
     /// N: reference images per condition (the first N of the reference pool's class).
     pub ref_per_class: usize,
+    /// Balance each reference set over the data set's binary attribute (N/2 of each value, the
+    /// first ones of the pool; the skewed variant's debiasing setting). Needs an even N.
+    pub balanced_reference: bool,
     /// Conditions (class indices) to fine-tune on; empty = every class of the model.
     pub classes: Vec<i64>,
     /// Conditions sampled per epoch (a seeded draw without replacement); 0 = all of them.
@@ -150,6 +153,7 @@ impl Default for FinetuneConfig {
             out: PathBuf::from("runs/finetune"),
             data: "fashion-mnist".into(),
             ref_per_class: 50,
+            balanced_reference: false,
             classes: Vec::new(),
             classes_per_epoch: 0,
             images_per_class: 5,
@@ -327,6 +331,12 @@ impl FinetuneConfig {
         }
         if self.ref_per_class == 0 {
             bail!("ref_per_class must be >= 1");
+        }
+        if self.balanced_reference && self.ref_per_class % 2 != 0 {
+            bail!(
+                "balanced_reference needs an even ref_per_class, got {}",
+                self.ref_per_class
+            );
         }
         if !(self.timestep_fraction > 0.0 && self.timestep_fraction <= 1.0) {
             bail!(

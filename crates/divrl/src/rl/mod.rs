@@ -9,14 +9,19 @@
 //! - [`ppo`]: the clipped objective; [`policy`]: replaying trajectory steps per sample.
 //! - [`trainer`]: [`Finetuner`], the loop, checkpoints with exact resume, exports.
 //! - [`phi`]: ϕ by name (adds the parameter-free `pixels`).
+//! - [`setup`]: a [`Finetuner`] from a config (model, ϕ, references, evaluation set).
+//! - [`presets`]: the demo's and the experiments' fine-tuning settings.
 pub mod advantage;
 pub mod config;
 pub mod phi;
 pub mod policy;
 pub mod ppo;
+pub mod presets;
 pub mod sd_trainer;
+pub mod setup;
 pub mod trainer;
 
 pub use config::FinetuneConfig;
 pub use sd_trainer::SdFinetuner;
+pub use setup::build_finetuner;
 pub use trainer::{EvalSet, Finetuner};

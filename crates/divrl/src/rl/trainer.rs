@@ -332,8 +332,8 @@ impl Finetuner {
         })
     }
 
-    /// ϕ-features of `[-1, 1]` images, batched, on the CPU.
-    fn features(&self, images: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    /// ϕ-features (and logits) of `[-1, 1]` images, batched, on the CPU.
+    pub fn features(&self, images: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
         let out = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false));
         match out {
@@ -515,16 +515,27 @@ impl Finetuner {
     /// Held-out evaluation: `eval_per_class` images per condition from fixed noise (the same
     /// before and after fine-tuning), metrics against the held-out real features.
     pub fn evaluate(&self) -> Result<EvalReport> {
-        let ev = self.eval.as_ref().context("no evaluation set was given")?;
-        // Interleaved (0, 1, …, 0, 1, …) so every Inception-Score split holds every condition.
-        let labels: Vec<i64> = (0..self.cfg.eval_per_class)
+        let images = self.eval_images(self.cfg.eval_per_class, self.cfg.guidance)?;
+        self.evaluate_images(&images)
+    }
+
+    /// `per_class` images per condition at guidance `guidance`, from the evaluation noise (a
+    /// function of the seed only, so the same before and after fine-tuning). Conditions are
+    /// interleaved: image `i` has condition `classes[i % classes.len()]`, so every
+    /// Inception-Score split holds every condition. `[-1, 1]`, on the CPU.
+    pub fn eval_images(&self, per_class: usize, guidance: f64) -> Result<Tensor> {
+        let labels: Vec<i64> = (0..per_class)
             .flat_map(|_| self.classes.iter().copied())
             .collect();
+        if labels.is_empty() {
+            bail!("no images to generate");
+        }
         let chunk = match self.cfg.sample_batch_size {
             0 => 100,
             n => n,
         };
-        let sampler = self.cfg.sampler_config();
+        let mut sampler = self.cfg.sampler_config();
+        sampler.guidance = guidance;
         let mut imgs = Vec::new();
         for (i, ls) in labels.chunks(chunk).enumerate() {
             let y = Tensor::from_slice(ls).to_device(self.device);
@@ -539,10 +550,16 @@ impl Finetuner {
             )?;
             imgs.push(t.images().to_device(Device::Cpu));
         }
-        let images = Tensor::cat(&imgs, 0);
-        let (feats, logits) = self.features(&images)?;
+        Ok(Tensor::cat(&imgs, 0))
+    }
+
+    /// Metrics of generated `[-1, 1]` images against the held-out real features (and the
+    /// inversion attribute's histogram on data sets that have it).
+    pub fn evaluate_images(&self, images: &Tensor) -> Result<EvalReport> {
+        let ev = self.eval.as_ref().context("no evaluation set was given")?;
+        let (feats, logits) = self.features(images)?;
         let attribute = if ev.attribute {
-            let x01 = ((&images + 1.0) / 2.0).clamp(0.0, 1.0);
+            let x01 = ((images + 1.0) / 2.0).clamp(0.0, 1.0);
             let a = crate::data::inversion_oracle(&x01)?;
             let labels: Vec<usize> = a.into_iter().map(usize::from).collect();
             Some(AttributeReport::new(
@@ -561,6 +578,21 @@ impl Finetuner {
             attribute,
             EvalOptions::default(),
         )
+    }
+
+    /// The held-out real features, when an evaluation set was given.
+    pub fn eval_features(&self) -> Option<&Tensor> {
+        self.eval.as_ref().map(|e| &e.features)
+    }
+
+    /// The Diversity Reward (with its reference set) of condition `c`.
+    pub fn reward_of(&self, c: i64) -> Option<&DiversityReward> {
+        self.rewards.get(&c)
+    }
+
+    /// ϕ's registry name.
+    pub fn phi_name(&self) -> &str {
+        self.phi.name()
     }
 
     fn state(&self) -> RlState {
@@ -680,9 +712,10 @@ impl Finetuner {
         write_atomic(&self.cfg.out.join(LOG_FILE), text.as_bytes())
     }
 
-    fn eval_and_log(&mut self) -> Result<EvalReport> {
+    fn eval_and_log(&mut self) -> Result<(EvalReport, Tensor)> {
         let t0 = Instant::now();
-        let report = self.evaluate()?;
+        let images = self.eval_images(self.cfg.eval_per_class, self.cfg.guidance)?;
+        let report = self.evaluate_images(&images)?;
         let rec = EvalLog {
             kind: "eval".into(),
             epoch: self.epoch,
@@ -690,33 +723,56 @@ impl Finetuner {
             seconds: t0.elapsed().as_secs_f64(),
         };
         self.append_log(&rec)?;
-        Ok(report)
+        Ok((report, images))
     }
 
     /// Runs epochs until `cfg.epochs`, logging, writing grids, evaluating and checkpointing, then
     /// exports the result. Returns the evaluation reports (before, ..., after).
     pub fn run(&mut self, progress: bool) -> Result<Vec<(usize, EvalReport)>> {
-        let out = self.cfg.out.clone();
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        write_toml(&out.join("config.toml"), &self.cfg)?;
-        let mut evals = Vec::new();
-        let do_eval = self.cfg.eval_every > 0 && self.eval.is_some();
-        if do_eval && self.epoch == 0 {
-            evals.push((0, self.eval_and_log()?));
-        }
-        let total = self.cfg.epochs;
+        let len = self.cfg.epochs + crate::demo::planned_evals(&self.cfg);
         let pb = if progress {
-            indicatif::ProgressBar::new(total as u64)
+            indicatif::ProgressBar::new(len as u64)
         } else {
             indicatif::ProgressBar::hidden()
         };
         pb.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} finetune [{bar:30}] {pos}/{len} epochs {msg} ({elapsed}, ETA {eta})",
+                "{spinner} finetune [{bar:30}] {pos}/{len} epochs + evaluations {msg} ({elapsed}, ETA {eta})",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         pb.set_position(self.epoch as u64);
+        let evals = self.run_with(&pb, !progress, &mut |_, _, _| Ok(()))?;
+        pb.finish_and_clear();
+        Ok(evals)
+    }
+
+    /// [`Finetuner::run`] with the caller's progress bar (advanced by one per epoch and one per
+    /// evaluation) and a hook that sees every evaluation's epoch, report and images.
+    /// `log_lines` logs one line per epoch through `tracing` (for runs without a bar).
+    pub fn run_with(
+        &mut self,
+        pb: &indicatif::ProgressBar,
+        log_lines: bool,
+        on_eval: &mut dyn FnMut(usize, &EvalReport, &Tensor) -> Result<()>,
+    ) -> Result<Vec<(usize, EvalReport)>> {
+        let out = self.cfg.out.clone();
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        write_toml(&out.join("config.toml"), &self.cfg)?;
+        let mut evals = Vec::new();
+        let do_eval = self.cfg.eval_every > 0 && self.eval.is_some();
+        let mut eval_now = |me: &mut Self| -> Result<()> {
+            let (rep, images) = me.eval_and_log()?;
+            on_eval(me.epoch, &rep, &images)?;
+            pb.inc(1);
+            evals.push((me.epoch, rep));
+            Ok(())
+        };
+        if do_eval && self.epoch == 0 {
+            pb.set_message("evaluating the base model");
+            eval_now(self)?;
+        }
+        let total = self.cfg.epochs;
         while self.epoch < total {
             let (log, images) = self.step_epoch().map_err(|e| {
                 let keep = match &self.last_checkpoint {
@@ -737,15 +793,19 @@ impl Finetuner {
                     &out.join("samples").join(format!("epoch-{e:06}.png")),
                 )?;
             }
+            pb.inc(1);
             if do_eval && (e % self.cfg.eval_every == 0 || e == total) {
-                evals.push((e, self.eval_and_log()?));
+                pb.set_message(format!("evaluating at epoch {e}"));
+                eval_now(self)?;
             }
             if (self.cfg.checkpoint_every > 0 && e % self.cfg.checkpoint_every == 0) || e == total {
                 self.save_checkpoint()?;
             }
-            pb.set_message(format!("set reward {:.4}", log.set_reward_mean));
-            pb.set_position(e as u64);
-            if !progress {
+            pb.set_message(format!(
+                "epoch {e}/{total}, set reward {:.4}",
+                log.set_reward_mean
+            ));
+            if log_lines {
                 tracing::info!(
                     "epoch {e}/{total}: set reward {:.5}, reward {:.5}±{:.5}, kl {:.2e}, clip {:.3}, grad {:.3e}, {:.1} img/s",
                     log.set_reward_mean,
@@ -758,7 +818,6 @@ impl Finetuner {
                 );
             }
         }
-        pb.finish_and_clear();
         self.export()?;
         Ok(evals)
     }

@@ -1,0 +1,114 @@
+//! `divrl experiment selection|guidance|debias|ablation`: the paper's tables on our data.
+//! Resumable (finished cells are skipped); writes table.md, table.json, plots/ and report.html.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use divrl::experiment::{run_experiment, ExperimentKind, ExperimentOptions};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Which {
+    /// Table 1: choose 5 of 10 samples by max/min MMD and GP-MI and at random
+    Selection,
+    /// Table 2: baseline vs MMD vs GP-MI fine-tuning at guidance 1, 2, 3, 4
+    Guidance,
+    /// Skewed-attribute variant: attribute KL to uniform before and after fine-tuning
+    Debias,
+    /// M in {2,3,5,7,10} with N = 50, N in {5,30,50,70,100} with M = 5
+    Ablation,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(value_enum)]
+    pub which: Which,
+    /// Small sizes for a first look (see RESULTS.md for what each size is)
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder; rerunning with the same folder skips finished cells [default: runs/exp-<name>]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Base checkpoint [default: models/fashion-mnist-base; debias: models/fashion-mnist-skewed-base]
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Guidance scale of selection and debias [default: 4]
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Selection: candidate sets of 10 per class [default: 20, quick 4]
+    #[arg(long)]
+    pub sets_per_class: Option<usize>,
+    /// Guidance: the scales to run, comma-separated [default: 4,3,2,1]
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<f64>>,
+    /// TOML file of fine-tuning fields laid over every cell's preset
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto [default: auto]
+    #[arg(long)]
+    pub device: Option<String>,
+    /// libtorch CPU threads, 0 = one per core [default: 0]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The process's command line, for reports.
+pub fn command_line() -> String {
+    let mut v: Vec<String> = std::env::args().collect();
+    if let Some(first) = v.first_mut() {
+        *first = "divrl".into();
+    }
+    v.join(" ")
+}
+
+/// Reads a TOML overlay file.
+pub fn read_overlay(path: Option<&Path>) -> anyhow::Result<Option<divrl::toml_table::Table>> {
+    match path {
+        None => Ok(None),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let t = text
+                .parse::<divrl::toml_table::Table>()
+                .with_context(|| format!("parsing {}", p.display()))?;
+            Ok(Some(t))
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let kind = match args.which {
+        Which::Selection => ExperimentKind::Selection,
+        Which::Guidance => ExperimentKind::Guidance,
+        Which::Debias => ExperimentKind::Debias,
+        Which::Ablation => ExperimentKind::Ablation,
+    };
+    let opts = ExperimentOptions {
+        kind,
+        out: args.out.unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "runs/exp-{}{}",
+                kind.name(),
+                if args.quick { "-quick" } else { "" }
+            ))
+        }),
+        quick: args.quick,
+        progress: !args.no_progress,
+        base: args.base,
+        guidance: args.guidance,
+        sets_per_class: args.sets_per_class,
+        scales: args.scales,
+        overlay: read_overlay(args.config.as_deref())?,
+        device: args.device,
+        threads: args.threads,
+        command: command_line(),
+    };
+    let done = run_experiment(&opts)?;
+    eprint!("{}", done.markdown);
+    println!("table:  {}", done.table_md.display());
+    println!("json:   {}", done.table_json.display());
+    println!("report: {}", done.html.display());
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! `divrl demo` and `divrl experiment …` end to end on a tiny base model: the report and its
+//! JSON twin, self-containment of the HTML, resuming, the experiments' tables and skipping of
+//! finished cells.
+use npyz::WriterBuilder;
+use std::path::Path;
+use std::process::Command;
+
+fn divrl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_divrl"))
+}
+
+/// `n` 8×8 images in 3 classes (class c: brightness pattern shifted by c).
+fn write_tiny_data(dir: &Path, n: usize) -> String {
+    let imgs: Vec<u8> = (0..n * 64)
+        .map(|i| (((i / 64) % 3) * 60 + (i * 37) % 120) as u8)
+        .collect();
+    let ip = dir.join("x.npy");
+    let mut w = npyz::WriteOptions::<u8>::new()
+        .default_dtype()
+        .shape(&[n as u64, 8, 8])
+        .writer(std::fs::File::create(&ip).unwrap())
+        .begin_nd()
+        .unwrap();
+    w.extend(imgs).unwrap();
+    w.finish().unwrap();
+    let lp = dir.join("y.npy");
+    let mut w = npyz::WriteOptions::<i64>::new()
+        .default_dtype()
+        .shape(&[n as u64])
+        .writer(std::fs::File::create(&lp).unwrap())
+        .begin_nd()
+        .unwrap();
+    w.extend((0..n as i64).map(|i| i % 3)).unwrap();
+    w.finish().unwrap();
+    format!("npy:{},{}", ip.display(), lp.display())
+}
+
+const TINY_BASE: &str = r#"
+[model]
+in_channels = 1
+image_size = 8
+base_channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attn_levels = [1]
+num_heads = 2
+num_classes = 3
+groups = 4
+
+[train]
+batch_size = 8
+warmup_steps = 1
+sample_every = 0
+checkpoint_every = 0
+log_every = 1
+"#;
+
+fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "failed: {err}");
+    (String::from_utf8_lossy(&out.stdout).to_string(), err)
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "expected exit 2: {err}");
+    let last = err.lines().last().unwrap_or("").to_string();
+    assert!(last.starts_with("divrl: error: "), "{err}");
+    last
+}
+
+fn tiny_base(d: &Path, data: &str) -> std::path::PathBuf {
+    let base_cfg = d.join("base.toml");
+    std::fs::write(&base_cfg, TINY_BASE).unwrap();
+    let base = d.join("base");
+    run_ok(
+        divrl()
+            .args(["train-base", "--out", base.to_str().unwrap()])
+            .args([
+                "--config",
+                base_cfg.to_str().unwrap(),
+                "--data",
+                data,
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]),
+    );
+    base
+}
+
+fn overlay(d: &Path, data: &str, extra: &str) -> std::path::PathBuf {
+    let p = d.join("overlay.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "data = {data:?}\nextractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 4\nsteps = 4\nguidance = 2.0\nepochs = 2\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\nlr = 3e-3\nclip_range = 0.1\n{extra}"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn demo_writes_a_self_contained_report_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = write_tiny_data(d, 300);
+    let base = tiny_base(d, &data);
+    let ov = overlay(d, &data, "eval_every = 1\n");
+    let out = d.join("demo");
+    let demo = || {
+        let mut c = divrl();
+        c.args(["demo", "--quick", "--base", base.to_str().unwrap()])
+            .args(["--config", ov.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--no-progress"]);
+        c
+    };
+    let (stdout, _) = run_ok(&mut demo());
+    let html_path = out.join("report.html");
+    assert!(
+        stdout.contains(&format!("report: {}", html_path.display())),
+        "{stdout}"
+    );
+    let j = json(&out.join("report.json"));
+    for part in ["baseline_w1", "before", "after"] {
+        for m in ["recall", "precision", "fid", "density", "coverage"] {
+            assert!(j[part][m].as_f64().unwrap().is_finite(), "{part}.{m}");
+        }
+    }
+    assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
+    let eval_epochs: Vec<u64> = j["evals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(eval_epochs, vec![0, 1, 2]);
+    assert_eq!(j["config"]["guidance"].as_f64(), Some(2.0));
+    assert_eq!(j["quick"].as_bool(), Some(true));
+    // The fine-tuned model differs from the base (the adapters or weights moved) while the
+    // evaluation noise is the same, so the after grid differs from the before grid.
+    let before = std::fs::read(out.join("grids/before-w2.png")).unwrap();
+    let after = std::fs::read(out.join("grids/after-w2.png")).unwrap();
+    assert_ne!(before, after, "fine-tuning did not change the samples");
+
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    divrl_report::check_balanced(&html).unwrap();
+    // Images are embedded: every src is a data URI, nothing links outside the file.
+    let srcs: Vec<&str> = html.split("src=\"").skip(1).collect();
+    assert!(srcs.len() >= 4, "only {} images", srcs.len());
+    for s in &srcs {
+        assert!(
+            s.starts_with("data:image/png;base64,"),
+            "{}",
+            &s[..40.min(s.len())]
+        );
+    }
+    for external in ["href=\"http", "<script", "<link", "@import", "url("] {
+        assert!(!html.contains(external), "{external}");
+    }
+    assert!(html.matches("<svg").count() >= 6, "plots missing");
+    for text in ["Before and after", "guidance 1", "config.toml", "approx-KL"] {
+        assert!(html.contains(text), "{text} missing");
+    }
+
+    // Rerunning continues the finished run: no new epochs, the cached baseline is kept.
+    let w1 = std::fs::read(out.join("baseline-w1.json")).unwrap();
+    let (stdout, _) = run_ok(&mut demo());
+    assert!(stdout.contains("report: "), "{stdout}");
+    assert_eq!(std::fs::read(out.join("baseline-w1.json")).unwrap(), w1);
+    let j2 = json(&out.join("report.json"));
+    assert_eq!(j2["epochs"], j["epochs"]);
+    // Wall time adds up over invocations.
+    let total = |j: &serde_json::Value| j["wall_seconds_total"].as_f64().unwrap();
+    assert!((total(&j) - j["wall_seconds"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(total(&j2) > total(&j));
+    assert_eq!(j2["after"], j["after"]);
+}
+
+#[test]
+fn experiments_write_tables_and_skip_finished_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = write_tiny_data(d, 300);
+    let base = tiny_base(d, &data);
+    let ov = overlay(d, &data, "");
+    let exp = |which: &str, out: &Path| {
+        let mut c = divrl();
+        c.args([
+            "experiment",
+            which,
+            "--quick",
+            "--base",
+            base.to_str().unwrap(),
+        ])
+        .args(["--config", ov.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--no-progress"]);
+        c
+    };
+
+    // Table 1: selection of 5 of 10 by max/min MMD and GP-MI and at random.
+    let sel = d.join("sel");
+    run_ok(exp("selection", &sel).args(["--sets-per-class", "2"]));
+    let t = json(&sel.join("table.json"));
+    let names: Vec<&str> = t["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "random",
+            "max-mmd",
+            "max-gp-mi",
+            "min-mmd",
+            "min-gp-mi",
+            "all-10"
+        ]
+    );
+    let gen = |i: usize| t["cells"][i]["report"]["generated"].as_u64().unwrap();
+    // 3 classes × 2 sets × 5 selected; all-10 keeps every candidate.
+    assert_eq!((gen(0), gen(1), gen(5)), (30, 30, 60));
+    let md = std::fs::read_to_string(sel.join("table.md")).unwrap();
+    assert!(
+        md.contains("| max-mmd |") && md.contains("paper Recall %"),
+        "{md}"
+    );
+    assert!(sel.join("plots/recall-vs-fid.svg").exists());
+    divrl_report::check_balanced(&std::fs::read_to_string(sel.join("report.html")).unwrap())
+        .unwrap();
+
+    // Table 2: baseline, GP-MI and MMD fine-tuning at guidance 4, 3, 2, 1.
+    let g = d.join("guid");
+    run_ok(&mut exp("guidance", &g));
+    let t = json(&g.join("table.json"));
+    let cells = t["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 12);
+    assert_eq!(cells[0]["name"], "w4-baseline");
+    assert_eq!(cells[2]["name"], "w4-mmd");
+    assert_eq!(cells[11]["name"], "w1-mmd");
+    assert_eq!(cells[1]["epochs"].as_u64(), Some(2));
+    // Baselines at one guidance share the evaluation noise with their fine-tuned cells, and
+    // fine-tuning changed the model, so their metrics differ.
+    assert_ne!(cells[0]["report"], cells[2]["report"]);
+    // A rerun skips every finished cell: the cell files are not rewritten.
+    let cell = g.join("cells/w4-mmd.json");
+    let before = std::fs::metadata(&cell).unwrap().modified().unwrap();
+    std::fs::remove_file(g.join("table.md")).unwrap();
+    run_ok(&mut exp("guidance", &g));
+    assert_eq!(
+        std::fs::metadata(&cell).unwrap().modified().unwrap(),
+        before
+    );
+    assert!(g.join("table.md").exists());
+
+    // debias without a skewed base: one line naming what is missing.
+    let e = run_err(divrl().args([
+        "experiment",
+        "debias",
+        "--quick",
+        "--base",
+        d.join("nope").to_str().unwrap(),
+        "--out",
+        d.join("deb").to_str().unwrap(),
+    ]));
+    assert!(e.contains("nope"), "{e}");
+}
+
+#[test]
+fn debias_reports_attribute_kl_with_balanced_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A tiny 28×28 base on the skewed variant (10% inverted training images).
+    let cfg = TINY_BASE
+        .replace("image_size = 8", "image_size = 28")
+        .replace("num_classes = 3", "num_classes = 10");
+    let base_cfg = d.join("base.toml");
+    std::fs::write(&base_cfg, cfg).unwrap();
+    let base = d.join("skewed-base");
+    run_ok(
+        divrl()
+            .args(["train-base", "--out", base.to_str().unwrap()])
+            .args([
+                "--config",
+                base_cfg.to_str().unwrap(),
+                "--data",
+                "fashion-mnist-skewed",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]),
+    );
+    // The default data set is replaced by the skewed one; ref_per_class must be even.
+    let ov = d.join("ov.toml");
+    std::fs::write(
+        &ov,
+        "extractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 3\nsteps = 3\nepochs = 1\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\n",
+    )
+    .unwrap();
+    let out = d.join("deb");
+    run_ok(
+        divrl()
+            .args([
+                "experiment",
+                "debias",
+                "--quick",
+                "--base",
+                base.to_str().unwrap(),
+            ])
+            .args([
+                "--config",
+                ov.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(["--guidance", "2", "--no-progress"]),
+    );
+    let t = json(&out.join("table.json"));
+    let cells = t["cells"].as_array().unwrap();
+    let names: Vec<&str> = cells.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "mmd", "gp-mi"]);
+    for c in cells {
+        let a = &c["report"]["attribute"];
+        let counts: Vec<u64> = a["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 40, "{a}");
+        let kl = a["kl_to_uniform"].as_f64().unwrap();
+        // KL(p ‖ uniform) over two values = ln 2 − H(p).
+        let p = counts[1] as f64 / 40.0;
+        let h = -[p, 1.0 - p]
+            .iter()
+            .filter(|&&q| q > 0.0)
+            .map(|&q| q * q.ln())
+            .sum::<f64>();
+        assert!((kl - (2f64.ln() - h)).abs() < 1e-9, "{kl} vs {p}");
+    }
+    let md = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(
+        md.contains("KL to uniform") && md.contains("balanced: 4 normal + 4 inverted"),
+        "{md}"
+    );
+    // The run used the skewed data set and balanced references.
+    let run_cfg = std::fs::read_to_string(out.join("cells/mmd/config.toml")).unwrap();
+    assert!(
+        run_cfg.contains("data = \"fashion-mnist-skewed\""),
+        "{run_cfg}"
+    );
+    assert!(run_cfg.contains("balanced_reference = true"), "{run_cfg}");
+}

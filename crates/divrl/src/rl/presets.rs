@@ -1,0 +1,84 @@
+//! The fine-tuning settings of `divrl demo` and `divrl experiment …`, in one place so they can be
+//! tuned without touching the commands. One epoch (10 classes × M = 5 images, 10 DDIM steps at
+//! guidance 4, PPO on half of 7 timesteps) takes 10–25 s on the project's 2-core CPU with one
+//! other job beside it (RESULTS.md has the measured demo wall times).
+use std::path::PathBuf;
+
+use super::config::FinetuneConfig;
+use divrl_reward::RewardKind;
+
+/// The policy-optimisation settings every preset shares: the paper's M = 5 and N = 50, DDIM with
+/// 10 steps (eta 1) at guidance 4, LoRA rank 8 on every attention projection (base frozen), PPO
+/// with one inner epoch over minibatches of 10 trajectories, half of each trajectory's first 7
+/// transitions (the last 3, nearly deterministic, would dominate the gradient), clip range 1e-3,
+/// lr 3e-3. These are the settings of BENCHMARKS.md's measured runs
+/// (`bench/results/finetune/*.toml`): 20 epochs raised held-out Recall 0.117 → 0.19 and lowered
+/// FID 38.9 → 35.1 (MMD); full fine-tuning and LoRA without skipping the last steps did not.
+fn common() -> FinetuneConfig {
+    FinetuneConfig {
+        base: PathBuf::from("models/fashion-mnist-base"),
+        data: "fashion-mnist".into(),
+        extractor: "small".into(),
+        ref_per_class: 50,
+        images_per_class: 5,
+        reward: RewardKind::Mmd,
+        guidance: 4.0,
+        steps: 10,
+        eta: 1.0,
+        full_finetune: false,
+        lora_rank: 8,
+        lora_alpha: 8.0,
+        lr: 3e-3,
+        clip_range: 1e-3,
+        timestep_fraction: 0.5,
+        skip_final_steps: 3,
+        inner_epochs: 1,
+        train_batch_size: 10,
+        checkpoint_every: 1,
+        keep_checkpoints: 1,
+        sample_every: 0,
+        device: "auto".into(),
+        ..FinetuneConfig::default()
+    }
+}
+
+/// `divrl demo`: MMD fine-tuning at guidance 4 on the shipped base and ϕ. Full: 20 epochs (where
+/// BENCHMARKS.md's runs peaked; longer MMD runs drift) with held-out evaluations of 30 images per
+/// class at epochs 0, 10 and 20. Quick: 4 epochs and 10 evaluation images per class, a first look
+/// that shows the pipeline more than the effect.
+pub fn demo(quick: bool) -> FinetuneConfig {
+    let c = common();
+    if quick {
+        FinetuneConfig {
+            out: PathBuf::from("runs/demo-quick"),
+            epochs: 4,
+            eval_every: 4,
+            eval_per_class: 10,
+            ..c
+        }
+    } else {
+        FinetuneConfig {
+            out: PathBuf::from("runs/demo"),
+            epochs: 20,
+            eval_every: 10,
+            eval_per_class: 30,
+            ..c
+        }
+    }
+}
+
+/// One fine-tuning cell of `divrl experiment guidance|debias|ablation`: `reward` at `guidance`.
+/// Evaluation happens once, after training, outside the run (`eval_every = 0`), from the same
+/// evaluation noise as the baseline cell. Full: 20 epochs and 20 evaluation images per class;
+/// quick: 4 epochs and 10.
+pub fn experiment(reward: RewardKind, guidance: f64, quick: bool) -> FinetuneConfig {
+    let c = common();
+    FinetuneConfig {
+        reward,
+        guidance,
+        epochs: if quick { 4 } else { 20 },
+        eval_every: 0,
+        eval_per_class: if quick { 10 } else { 20 },
+        ..c
+    }
+}

@@ -1,0 +1,123 @@
+//! Building a [`Finetuner`] from a [`FinetuneConfig`]: the base checkpoint, ϕ, the per-condition
+//! reference sets from the data set's reference pool, and the held-out evaluation features.
+//! Shared by `divrl finetune`, `divrl demo` and the experiments.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use tch::Kind;
+
+use divrl_reward::Features;
+
+use super::config::FinetuneConfig;
+use super::trainer::{EvalSet, Finetuner};
+use crate::data::Dataset;
+use crate::features::Extractor;
+
+/// Indices of condition `c`'s reference images: the first `n` of the pool's class, or with
+/// `balanced`, the first `n / 2` of each value of the pool's binary attribute.
+pub fn reference_indices(pool: &Dataset, c: i64, n: usize, balanced: bool) -> Result<Vec<usize>> {
+    let of_class = (0..pool.len()).filter(|&i| pool.labels[i] == c);
+    let idx: Vec<usize> = if balanced {
+        let attrs = pool.attributes.as_ref().with_context(|| {
+            "balanced_reference needs a data set with an attribute (e.g. fashion-mnist-skewed)"
+        })?;
+        let mut idx: Vec<usize> = Vec::with_capacity(n);
+        for v in [0u8, 1] {
+            let part: Vec<usize> = of_class
+                .clone()
+                .filter(|&i| attrs[i] == v)
+                .take(n / 2)
+                .collect();
+            if part.len() < n / 2 {
+                bail!(
+                    "class {c} has {} reference images with attribute {v}, {} asked for",
+                    part.len(),
+                    n / 2
+                );
+            }
+            idx.extend(part);
+        }
+        idx.sort_unstable();
+        idx
+    } else {
+        of_class.take(n).collect()
+    };
+    if idx.len() < n {
+        bail!(
+            "class {c} has {} reference images, {n} asked for",
+            idx.len()
+        );
+    }
+    Ok(idx)
+}
+
+/// Reference features `[N, D]` of each class in `classes`, in ϕ's space.
+pub fn reference_features(
+    phi: &dyn Extractor,
+    pool: &Dataset,
+    classes: &[i64],
+    n: usize,
+    balanced: bool,
+) -> Result<BTreeMap<i64, Features>> {
+    let mut references = BTreeMap::new();
+    for &c in classes {
+        let idx = reference_indices(pool, c, n, balanced)?;
+        let imgs = pool.subset(&idx).images;
+        let f = crate::features::extract(phi, &imgs, 0, false)?;
+        references.insert(
+            c,
+            crate::features::to_features(&format!("reference features of class {c}"), &f.features)?,
+        );
+    }
+    Ok(references)
+}
+
+/// Loads everything `cfg` names and binds it into a [`Finetuner`] (not resumed). The
+/// evaluation set is loaded when `with_eval` or `cfg.eval_every > 0`. Sets the libtorch thread
+/// count from `cfg.threads`.
+pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) -> Result<Finetuner> {
+    cfg.validate()?;
+    crate::device::set_threads(cfg.threads);
+    let device = crate::device::parse_device(&cfg.device)?;
+    let model = crate::checkpoint::load_model(&cfg.base, device, true)
+        .with_context(|| format!("loading base checkpoint {}", cfg.base.display()))?;
+    let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    let splits = crate::data::load_splits(&cfg.data)?;
+    let k = model.config.model.num_classes;
+    if splits.reference.num_classes() != k {
+        bail!(
+            "data set {} has {} classes, the base model {}",
+            cfg.data,
+            splits.reference.num_classes(),
+            k
+        );
+    }
+    let classes: Vec<i64> = if cfg.classes.is_empty() {
+        (0..k).collect()
+    } else {
+        cfg.classes.clone()
+    };
+    // Reference sets come from the reference pool, disjoint from the evaluation pool.
+    let references = reference_features(
+        phi.as_ref(),
+        &splits.reference,
+        &classes,
+        cfg.ref_per_class,
+        cfg.balanced_reference,
+    )?;
+    let eval = if with_eval || cfg.eval_every > 0 {
+        let idx: Vec<usize> = (0..splits.eval.len())
+            .filter(|&i| classes.contains(&splits.eval.labels[i]))
+            .collect();
+        let imgs = splits.eval.subset(&idx).images;
+        let f = crate::features::extract(phi.as_ref(), &imgs, 0, progress)?;
+        Some(EvalSet {
+            features: f.features.to_kind(Kind::Float),
+            attribute: splits.eval.attributes.is_some(),
+        })
+    } else {
+        None
+    };
+    drop(splits);
+    Finetuner::new(cfg.clone(), model, phi, references, eval)
+}
