@@ -2,8 +2,9 @@
 //! tuned without touching the commands. Sizes were budgeted on the project's 2-core CPU
 //! (RESULTS.md): one epoch (10 classes × M = 5 images, 10 DDIM steps at guidance 4, PPO on half
 //! of the timesteps, all weights) took 21–56 s there with 2–4 other jobs on the cores, and one
-//! evaluation of 200 images 47–85 s. The full demo took 742 s (12.4 min), the quick one 12.6 min
-//! under heavier load (one epoch took 250 s then).
+//! evaluation of 200 images 47–85 s. The full demo took 651–742 s (10.8–12.4 min); the quick one
+//! 157 s at load 2.5–6 but 12.6 min at load 10–14 (an epoch took 300 s then). On a quiet
+//! machine an epoch takes 7–10 s, so the full demo has room for several times more epochs.
 use std::path::PathBuf;
 
 use super::config::FinetuneConfig;
