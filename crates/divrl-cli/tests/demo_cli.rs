@@ -98,7 +98,7 @@ fn overlay(d: &Path, data: &str, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &p,
         format!(
-            "data = {data:?}\nextractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 4\nsteps = 4\nguidance = 2.0\nepochs = 2\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\nlr = 3e-3\nclip_range = 0.1\n{extra}"
+            "data = {data:?}\nextractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 4\nsteps = 4\nskip_final_steps = 1\nguidance = 2.0\nepochs = 2\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\nlr = 3e-3\nclip_range = 0.1\n{extra}"
         ),
     )
     .unwrap();
@@ -307,7 +307,7 @@ fn debias_reports_attribute_kl_with_balanced_references() {
     let ov = d.join("ov.toml");
     std::fs::write(
         &ov,
-        "extractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 3\nsteps = 3\nepochs = 1\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\n",
+        "extractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 3\nsteps = 3\nskip_final_steps = 1\nepochs = 1\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\n",
     )
     .unwrap();
     let out = d.join("deb");
