@@ -169,7 +169,10 @@ impl Trainer {
         if let Some(s) = steps_override {
             cfg.train.steps = s;
         }
+        // The checkpoint's own weights replace any `init` weights: do not require that folder.
+        let init = cfg.train.init.take();
         let mut t = Self::new(cfg, device)?;
+        t.cfg.train.init = init;
         checkpoint::load_vars(&mut t.vs, &dir.join(checkpoint::WEIGHTS_FILE))?;
         checkpoint::load_vars(&mut t.ema_vs, &dir.join(checkpoint::EMA_FILE))?;
         t.opt
