@@ -19,12 +19,8 @@ pub struct Args {
     /// Base checkpoint folder [default: models/fashion-mnist-base]
     #[arg(long)]
     pub base: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto [default: auto]
-    #[arg(long)]
-    pub device: Option<String>,
-    /// libtorch CPU threads, 0 = one per core [default: 0]
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: super::ComputeOverrides,
     /// No progress bar (one log line per epoch instead)
     #[arg(long)]
     pub no_progress: bool,
@@ -36,12 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(b) = args.base {
         cfg.base = b;
     }
-    if let Some(d) = args.device {
-        cfg.device = d;
-    }
-    if let Some(t) = args.threads {
-        cfg.threads = t;
-    }
+    args.compute.apply(&mut cfg.device, &mut cfg.threads);
     let mut cfg = divrl::experiment::apply_overlay(cfg, overlay.as_ref())?;
     if let Some(o) = args.out {
         cfg.out = o;

@@ -43,12 +43,8 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over every cell's preset
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto [default: auto]
-    #[arg(long)]
-    pub device: Option<String>,
-    /// libtorch CPU threads, 0 = one per core [default: 0]
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: super::ComputeOverrides,
     /// No progress bar
     #[arg(long)]
     pub no_progress: bool,
@@ -101,8 +97,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sets_per_class: args.sets_per_class,
         scales: args.scales,
         overlay: read_overlay(args.config.as_deref())?,
-        device: args.device,
-        threads: args.threads,
+        device: args.compute.device,
+        threads: args.compute.threads,
         command: command_line(),
     };
     let done = run_experiment(&opts)?;

@@ -36,20 +36,15 @@ pub struct Args {
     /// Neither read nor write the cache
     #[arg(long)]
     pub no_cache: bool,
-    /// cpu, cuda, cuda:N or auto
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (0 = one per core)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub compute: super::ComputeOpts,
     /// Hide the progress bar
     #[arg(long)]
     pub no_progress: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    divrl::device::set_threads(args.threads);
-    let device = divrl::device::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     let src = ImageSource::parse(&args.images)?;
     let ext = load_extractor(&args.extractor, args.weights.as_deref(), device)?;
     let cache = (!args.no_cache).then(|| {

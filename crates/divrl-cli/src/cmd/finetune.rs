@@ -192,12 +192,8 @@ pub struct Args {
     /// Generated images per condition for evaluation [default: 50]
     #[arg(long)]
     pub eval_per_class: Option<usize>,
-    /// cpu, cuda, cuda:N or auto [default: auto]
-    #[arg(long)]
-    pub device: Option<String>,
-    /// libtorch CPU threads, 0 = one per core [default: 0]
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: super::ComputeOverrides,
 }
 
 macro_rules! apply {
@@ -222,8 +218,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
             timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
             lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,
             lora_alpha, lora_targets, full_finetune, seed, checkpoint_every, keep_checkpoints,
-            sample_every, eval_every, eval_per_class, device, threads;
+            sample_every, eval_every, eval_per_class;
         optional: extractor_weights, degree, gamma, coef0, sigma);
+    args.compute.apply(&mut cfg.device, &mut cfg.threads);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -238,8 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if cfg.model == "sd" {
-        divrl::device::set_threads(cfg.threads);
-        let device = divrl::device::parse_device(&cfg.device)?;
+        let device = super::setup_device(&cfg.device, cfg.threads)?;
         return run_sd(&args, cfg, device);
     }
     let mut trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;

@@ -43,17 +43,12 @@ pub struct Args {
     /// Output PNG grid
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda, cuda:N or auto
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (0 = one per core)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub compute: super::ComputeOpts,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    divrl::device::set_threads(args.threads);
-    let device = divrl::device::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     if args.n == 0 {
         anyhow::bail!("--n must be >= 1");
     }

@@ -44,20 +44,15 @@ pub struct Args {
     /// continue later with --resume
     #[arg(long)]
     pub stop_at: Option<usize>,
-    /// cpu, cuda, cuda:N or auto
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (0 = one per core)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub compute: super::ComputeOpts,
     /// Hide the progress bar (log lines still go to stderr)
     #[arg(long)]
     pub no_progress: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    divrl::device::set_threads(args.threads);
-    let device = divrl::device::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     let has_ckpt = args.out.join(STATE_FILE).exists();
     let mut trainer = if args.resume {
         if !has_ckpt {

@@ -34,20 +34,15 @@ pub struct Args {
     /// Overwrite an existing checkpoint in --out
     #[arg(long)]
     pub force: bool,
-    /// cpu, cuda, cuda:N or auto
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (0 = one per core)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub compute: super::ComputeOpts,
     /// Hide the progress bar
     #[arg(long)]
     pub no_progress: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    divrl::device::set_threads(args.threads);
-    let device = divrl::device::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     if args.out.join(CLASSIFIER_WEIGHTS_FILE).exists() && !args.force {
         bail!(
             "{} already holds a classifier (pass --force to overwrite)",
