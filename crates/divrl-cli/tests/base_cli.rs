@@ -1,48 +1,11 @@
 //! `divrl train-base` and `divrl sample` end to end on a tiny model and data set.
-use npyz::WriterBuilder;
+mod common;
+
+use common::{divrl, f32_tensors, run_err, run_ok, write_images, TINY_MODEL};
 use std::path::Path;
-use std::process::Command;
 
-fn divrl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_divrl"))
-}
-
-fn write_tiny_data(dir: &Path) -> (String, String) {
-    let n = 30usize;
-    let imgs: Vec<u8> = (0..n * 64).map(|i| ((i * 37) % 251) as u8).collect();
-    let ip = dir.join("x.npy");
-    let mut w = npyz::WriteOptions::<u8>::new()
-        .default_dtype()
-        .shape(&[n as u64, 8, 8])
-        .writer(std::fs::File::create(&ip).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend(imgs).unwrap();
-    w.finish().unwrap();
-    let lp = dir.join("y.npy");
-    let mut w = npyz::WriteOptions::<i64>::new()
-        .default_dtype()
-        .shape(&[n as u64])
-        .writer(std::fs::File::create(&lp).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend((0..n as i64).map(|i| i % 3)).unwrap();
-    w.finish().unwrap();
-    (ip.display().to_string(), lp.display().to_string())
-}
-
-const TINY: &str = r#"
-[model]
-in_channels = 1
-image_size = 8
-base_channels = 8
-channel_mult = [1, 2]
-num_res_blocks = 1
-attn_levels = [1]
-num_heads = 2
-num_classes = 3
-groups = 4
-
+/// The `[train]` table: batches of 4, samples and checkpoints every 2 steps.
+const TRAIN: &str = r#"
 [train]
 batch_size = 4
 warmup_steps = 1
@@ -51,32 +14,14 @@ checkpoint_every = 2
 log_every = 1
 "#;
 
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "failed: {err}");
-    err
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "expected exit 2");
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    let last = err.lines().last().unwrap_or("").to_string();
-    assert!(last.starts_with("divrl: error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    last
-}
-
 #[test]
 fn train_resume_sample_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = write_tiny_data(d);
+    let data = write_images(d, 30, |i| ((i * 37) % 251) as u8);
     let cfg = d.join("tiny.toml");
-    std::fs::write(&cfg, TINY).unwrap();
+    std::fs::write(&cfg, format!("{TINY_MODEL}{TRAIN}")).unwrap();
     let ck = d.join("ck");
-    let data = format!("npy:{x},{y}");
     let args = |steps: &str| {
         let mut c = divrl();
         c.args([
@@ -128,26 +73,13 @@ fn train_resume_sample_and_errors() {
         "cpu",
         "--no-progress",
     ]));
-    let read = |p: &Path| std::fs::read(p).unwrap();
-    let (ema_bytes, raw_bytes) = (
-        read(&ck.join("ema.safetensors")),
-        read(&ck2.join("weights.safetensors")),
-    );
-    let (ema, raw) = (
-        safetensors::SafeTensors::deserialize(&ema_bytes).unwrap(),
-        safetensors::SafeTensors::deserialize(&raw_bytes).unwrap(),
-    );
-    let floats = |v: &safetensors::tensor::TensorView| -> Vec<f32> {
-        v.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
+    let ema = f32_tensors(&ck.join("ema.safetensors"));
+    let raw = f32_tensors(&ck2.join("weights.safetensors"));
     assert_eq!(ema.len(), raw.len());
     let mut max_dev = 0f32;
-    for (name, v) in ema.tensors() {
-        let w = raw.tensor(&name).unwrap();
-        for (a, b) in floats(&v).iter().zip(floats(&w)) {
+    for ((name, v), (raw_name, w)) in ema.iter().zip(&raw) {
+        assert_eq!(name, raw_name);
+        for (a, b) in v.iter().zip(w) {
             max_dev = max_dev.max((a - b).abs());
         }
     }

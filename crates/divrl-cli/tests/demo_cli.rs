@@ -1,97 +1,10 @@
 //! `divrl demo` and `divrl experiment …` end to end on a tiny base model: the report and its
 //! JSON twin, self-containment of the HTML, resuming, the experiments' tables and skipping of
 //! finished cells.
-use npyz::WriterBuilder;
+mod common;
+
+use common::{divrl, run_err, run_ok, tiny_base, tiny_base_toml, write_tiny_data};
 use std::path::Path;
-use std::process::Command;
-
-fn divrl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_divrl"))
-}
-
-/// `n` 8×8 images in 3 classes (class c: brightness pattern shifted by c).
-fn write_tiny_data(dir: &Path, n: usize) -> String {
-    let imgs: Vec<u8> = (0..n * 64)
-        .map(|i| (((i / 64) % 3) * 60 + (i * 37) % 120) as u8)
-        .collect();
-    let ip = dir.join("x.npy");
-    let mut w = npyz::WriteOptions::<u8>::new()
-        .default_dtype()
-        .shape(&[n as u64, 8, 8])
-        .writer(std::fs::File::create(&ip).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend(imgs).unwrap();
-    w.finish().unwrap();
-    let lp = dir.join("y.npy");
-    let mut w = npyz::WriteOptions::<i64>::new()
-        .default_dtype()
-        .shape(&[n as u64])
-        .writer(std::fs::File::create(&lp).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend((0..n as i64).map(|i| i % 3)).unwrap();
-    w.finish().unwrap();
-    format!("npy:{},{}", ip.display(), lp.display())
-}
-
-const TINY_BASE: &str = r#"
-[model]
-in_channels = 1
-image_size = 8
-base_channels = 8
-channel_mult = [1, 2]
-num_res_blocks = 1
-attn_levels = [1]
-num_heads = 2
-num_classes = 3
-groups = 4
-
-[train]
-batch_size = 8
-warmup_steps = 1
-sample_every = 0
-checkpoint_every = 0
-log_every = 1
-"#;
-
-fn run_ok(cmd: &mut Command) -> (String, String) {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "failed: {err}");
-    (String::from_utf8_lossy(&out.stdout).to_string(), err)
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "expected exit 2: {err}");
-    let last = err.lines().last().unwrap_or("").to_string();
-    assert!(last.starts_with("divrl: error: "), "{err}");
-    last
-}
-
-fn tiny_base(d: &Path, data: &str) -> std::path::PathBuf {
-    let base_cfg = d.join("base.toml");
-    std::fs::write(&base_cfg, TINY_BASE).unwrap();
-    let base = d.join("base");
-    run_ok(
-        divrl()
-            .args(["train-base", "--out", base.to_str().unwrap()])
-            .args([
-                "--config",
-                base_cfg.to_str().unwrap(),
-                "--data",
-                data,
-                "--steps",
-                "3",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]),
-    );
-    base
-}
 
 fn overlay(d: &Path, data: &str, extra: &str) -> std::path::PathBuf {
     let p = d.join("overlay.toml");
@@ -282,7 +195,7 @@ fn debias_reports_attribute_kl_with_balanced_references() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A tiny 28×28 base on the skewed variant (10% inverted training images).
-    let cfg = TINY_BASE
+    let cfg = tiny_base_toml()
         .replace("image_size = 8", "image_size = 28")
         .replace("num_classes = 3", "num_classes = 10");
     let base_cfg = d.join("base.toml");

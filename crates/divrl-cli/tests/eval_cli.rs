@@ -1,49 +1,23 @@
 //! `divrl features`, `divrl eval` and `divrl train-classifier` end to end through the binary.
+mod common;
+
+use common::{divrl, run, run_err, s, write_npy};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-
-fn divrl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_divrl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn write_u8_npy(path: &Path, shape: &[u64], data: &[u8]) {
-    use npyz::WriterBuilder;
-    let mut w = npyz::WriteOptions::<u8>::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(std::fs::File::create(path).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
-}
 
 /// `n` copies of one Fashion-MNIST test image as a uint8 `[n, 28, 28]` array.
 fn collapsed_npy(path: &Path, n: usize) {
     let test = divrl::data::fashion_mnist_test().unwrap();
     let img: Vec<f32> = Vec::<f32>::try_from(&test.images.get(0).view([-1])).unwrap();
     let px: Vec<u8> = img.iter().map(|v| (v * 255.0).round() as u8).collect();
-    write_u8_npy(path, &[n as u64, 28, 28], &px.repeat(n));
+    write_npy(path, &[n as u64, 28, 28], &px.repeat(n));
 }
 
 #[test]
 fn eval_real_halves_and_collapsed_set() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "eval",
         "--generated",
         "fashion-mnist:eval",
@@ -63,7 +37,7 @@ fn eval_real_halves_and_collapsed_set() {
     let collapsed_path = dir.path().join("one.npy");
     collapsed_npy(&collapsed_path, 500);
     let report = dir.path().join("report.json");
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "eval",
         "--generated",
         s(&collapsed_path),
@@ -105,7 +79,7 @@ fn eval_real_halves_and_collapsed_set() {
     assert!(f(&real["attribute"], "kl_to_uniform") < 0.05);
     assert!((f(&col["attribute"], "kl_to_uniform") - 10f64.ln()).abs() < 1e-9);
     // The human table.
-    let (code, out, _) = divrl(&[
+    let (code, out, _) = run(&[
         "eval",
         "--generated",
         "fashion-mnist:eval",
@@ -147,12 +121,12 @@ fn features_are_cached_by_content() {
         ]
     };
     let a_args = args(&a);
-    let (code, _, err) = divrl(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("from the cache"), "{err}");
     let b = dir.path().join("b.npy");
     let b_args = args(&b);
-    let (code, _, err) = divrl(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("from the cache"), "{err}");
     let fa = divrl_reward::io::read_array(&a).unwrap();
@@ -167,7 +141,7 @@ fn features_are_cached_by_content() {
 #[test]
 fn inversion_attribute_of_the_skewed_pools() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "eval",
         "--generated",
         "fashion-mnist-skewed:eval",
@@ -292,16 +266,8 @@ fn bad_inputs_exit_2_with_one_line() {
         ),
     ];
     for (args, needle) in cases {
-        let (code, stdout, err) = divrl(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(stdout.is_empty());
-        let lines: Vec<&str> = err
-            .lines()
-            .filter(|l| l.starts_with("divrl: error:"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        let line = run_err(divrl().args(&args));
+        assert!(line.contains(needle), "{args:?}: {line}");
     }
     assert!(!out.exists());
 }
@@ -334,14 +300,14 @@ fn train_classifier_then_use_it_as_the_extractor() {
     let n = 60usize;
     let x = dir.path().join("x.npy");
     let y = dir.path().join("y.npy");
-    write_u8_npy(
+    write_npy(
         &x,
         &[n as u64, 8, 8],
         &(0..n * 64)
             .map(|i| ((i * 31) % 256) as u8)
             .collect::<Vec<_>>(),
     );
-    write_u8_npy(
+    write_npy(
         &y,
         &[n as u64],
         &(0..n).map(|i| (i % 3) as u8).collect::<Vec<_>>(),
@@ -350,7 +316,7 @@ fn train_classifier_then_use_it_as_the_extractor() {
     std::fs::write(&cfg, TINY).unwrap();
     let ck = dir.path().join("clf");
     let data = format!("npy:{},{}", s(&x), s(&y));
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "train-classifier",
         "--out",
         s(&ck),
@@ -368,7 +334,7 @@ fn train_classifier_then_use_it_as_the_extractor() {
         serde_json::from_str(&std::fs::read_to_string(ck.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["heldout_images"], 12); // 10% of the smallest class each for eval and reference, ×3 classes ×2
                                          // Refuses to overwrite without --force.
-    let (code, _, err) = divrl(&[
+    let (code, _, err) = run(&[
         "train-classifier",
         "--out",
         s(&ck),
@@ -382,7 +348,7 @@ fn train_classifier_then_use_it_as_the_extractor() {
     assert_eq!(code, 2);
     assert!(err.contains("--force"), "{err}");
     let f = dir.path().join("f.npy");
-    let (code, _, err) = divrl(&[
+    let (code, _, err) = run(&[
         "features",
         "--images",
         s(&x),

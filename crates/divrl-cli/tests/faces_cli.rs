@@ -1,25 +1,11 @@
 //! `divrl eval --attribute gender --attribute age` end to end on scikit-image's LFW crops, and
 //! its bad inputs. Needs `scripts/setup-faces.sh` (fails with that instruction otherwise, unless
 //! DIVRL_SKIP_FACES=1 is set).
+mod common;
+
+use common::{divrl, run, run_err, s, write_npy};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn divrl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_divrl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn faces_dir() -> Option<PathBuf> {
     let dir = divrl_faces::default_dir();
@@ -45,18 +31,6 @@ fn faces_dir() -> Option<PathBuf> {
     );
 }
 
-fn write_f64_npy(path: &Path, shape: &[u64], data: &[f64]) {
-    use npyz::WriterBuilder;
-    let mut w = npyz::WriteOptions::<f64>::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(std::fs::File::create(path).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
-}
-
 /// The first 100 images of lfw_subset.npy (the faces) as their own float64 [100, 25, 25] file.
 fn lfw_faces(dir: &Path, out: &Path) {
     let f = npyz::NpyFile::new(std::io::BufReader::new(
@@ -64,7 +38,7 @@ fn lfw_faces(dir: &Path, out: &Path) {
     ))
     .unwrap();
     let v: Vec<f64> = f.into_vec().unwrap();
-    write_f64_npy(out, &[100, 25, 25], &v[..100 * 625]);
+    write_npy(out, &[100, 25, 25], &v[..100 * 625]);
 }
 
 #[test]
@@ -74,7 +48,7 @@ fn gender_and_age_of_the_lfw_faces() {
     let faces = tmp.path().join("faces.npy");
     lfw_faces(&dir, &faces);
     // The reference is the whole sample as shipped ([200, 25, 25] float64), read as is.
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "eval",
         "--generated",
         s(&faces),
@@ -124,7 +98,7 @@ fn gender_and_age_of_the_lfw_faces() {
     assert!(counts[3..7].iter().sum::<u64>() >= 70, "{counts:?}");
 
     // The table lists both histograms.
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "eval",
         "--generated",
         s(&faces),
@@ -149,13 +123,13 @@ fn gender_and_age_of_the_lfw_faces() {
 fn bad_face_inputs_exit_2_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let faces = tmp.path().join("faces.npy");
-    write_f64_npy(&faces, &[2, 4, 4], &[0.5; 32]);
+    write_npy(&faces, &[2, 4, 4], &[0.5; 32]);
     let mut nan = vec![0.5; 32];
     nan[7] = f64::NAN;
     let nan_npy = tmp.path().join("nan.npy");
-    write_f64_npy(&nan_npy, &[2, 4, 4], &nan);
+    write_npy(&nan_npy, &[2, 4, 4], &nan);
     let two_ch = tmp.path().join("two.npy");
-    write_f64_npy(&two_ch, &[2, 2, 4, 4], &[0.5; 64]);
+    write_npy(&two_ch, &[2, 2, 4, 4], &[0.5; 64]);
     let mut cases: Vec<(Vec<&str>, &str)> = vec![(
         vec![
             "eval",
@@ -192,19 +166,12 @@ fn bad_face_inputs_exit_2_with_one_line() {
         }
     }
     for (args, needle) in cases {
-        let (code, stdout, err) = divrl(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(stdout.is_empty());
-        let lines: Vec<&str> = err
-            .lines()
-            .filter(|l| l.starts_with("divrl: error:"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{err}");
-        assert!(lines[0].contains(needle), "{args:?}: {err}");
+        let line = run_err(divrl().args(&args));
+        assert!(line.contains(needle), "{args:?}: {line}");
     }
     // An unknown attribute or a one-prompt CLIP attribute is a usage error (clap, exit 2).
     for bad in ["gendr", "clip:only one prompt"] {
-        let (code, _, err) = divrl(&[
+        let (code, _, err) = run(&[
             "eval",
             "--generated",
             s(&faces),

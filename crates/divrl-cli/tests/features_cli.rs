@@ -1,23 +1,13 @@
 //! End-to-end tests of the feature verbs (`reward`, `select`, `metrics`) through the binary.
 
+mod common;
+
+use common::{run, s};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use divrl_reward::io::write_npy;
 use divrl_reward::{DiversityReward, Features, RewardKind, RewardSpec};
 use serde_json::Value;
-
-fn divrl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_divrl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Deterministic pseudo-random values in [-1, 1) (a simple LCG; the CLI only needs data).
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -41,10 +31,6 @@ fn npy(dir: &Path, name: &str, shape: &[usize], seed: u64) -> (PathBuf, Vec<f64>
     (p, data)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn reward_json_matches_the_library() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +41,7 @@ fn reward_json_matches_the_library() {
         (RewardKind::GpMi, "gp-mi"),
         (RewardKind::Recall, "recall"),
     ] {
-        let (code, out, err) = divrl(&[
+        let (code, out, err) = run(&[
             "reward",
             "--generated",
             s(&g),
@@ -85,7 +71,7 @@ fn reward_json_matches_the_library() {
         assert_eq!(ind, lib.individual);
     }
     // The human table names the reward and lists five images.
-    let (code, out, _) = divrl(&["reward", "--generated", s(&g), "--reference", s(&r)]);
+    let (code, out, _) = run(&["reward", "--generated", s(&g), "--reference", s(&r)]);
     assert_eq!(code, 0);
     assert!(
         out.contains("set reward") && out.lines().count() >= 8,
@@ -119,7 +105,7 @@ fn f32_npy_and_safetensors_inputs_agree() {
         false,
     )
     .unwrap();
-    let a = divrl(&[
+    let a = run(&[
         "reward",
         "--generated",
         s(&g32),
@@ -127,7 +113,7 @@ fn f32_npy_and_safetensors_inputs_agree() {
         s(&r_st),
         "--json",
     ]);
-    let b = divrl(&[
+    let b = run(&[
         "reward",
         "--generated",
         s(&g32),
@@ -144,7 +130,7 @@ fn select_shared_and_per_set_references() {
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = npy(dir.path(), "c.npy", &[6, 10, 8], 5);
     let (r, rd) = npy(dir.path(), "r.npy", &[30, 8], 6);
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "select",
         "--candidates",
         s(&c),
@@ -171,7 +157,7 @@ fn select_shared_and_per_set_references() {
     let per: Vec<f64> = (0..6).flat_map(|_| rd.clone()).collect();
     let rp = dir.path().join("rp.npy");
     write_npy(&rp, &[6, 30, 8], &per, false).unwrap();
-    let (code, out2, err) = divrl(&[
+    let (code, out2, err) = run(&[
         "select",
         "--candidates",
         s(&c),
@@ -185,7 +171,7 @@ fn select_shared_and_per_set_references() {
     let per: Value = serde_json::from_str(&out2).unwrap();
     assert_eq!(per["subsets"], shared["subsets"]);
     // Max beats min for every set.
-    let (_, out3, _) = divrl(&[
+    let (_, out3, _) = run(&[
         "select",
         "--candidates",
         s(&c),
@@ -207,7 +193,7 @@ fn select_shared_and_per_set_references() {
         assert!(a.as_f64().unwrap() >= b.as_f64().unwrap());
     }
     // Greedy with a comparison against exhaustive search.
-    let (code, out4, err) = divrl(&[
+    let (code, out4, err) = run(&[
         "select",
         "--candidates",
         s(&c),
@@ -232,7 +218,7 @@ fn metrics_json_has_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let (g, _) = npy(dir.path(), "g.npy", &[40, 6], 7);
     let (r, _) = npy(dir.path(), "r.npy", &[60, 6], 8);
-    let (code, out, err) = divrl(&[
+    let (code, out, err) = run(&[
         "metrics",
         "--generated",
         s(&g),
@@ -251,7 +237,7 @@ fn metrics_json_has_every_field() {
 
 /// Exit code 2 and exactly one line on stderr, naming the problem.
 fn assert_bad(args: &[&str], needle: &str) {
-    let (code, out, err) = divrl(args);
+    let (code, out, err) = run(args);
     assert_eq!(code, 2, "args {args:?}: stdout {out} stderr {err}");
     assert_eq!(
         err.trim_end().lines().count(),

@@ -1,77 +1,11 @@
 //! `divrl finetune` end to end on a tiny base model: a run killed with SIGKILL and resumed ends
 //! with the same weights as an uninterrupted run; exports, log and error handling.
-use npyz::WriterBuilder;
+mod common;
+
+use common::{divrl, f32_tensors, run_err, run_ok, tiny_base, write_tiny_data};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn divrl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_divrl"))
-}
-
-/// 300 8×8 images in 3 classes (class c: brightness pattern shifted by c).
-fn write_tiny_data(dir: &Path) -> String {
-    let n = 300usize;
-    let imgs: Vec<u8> = (0..n * 64)
-        .map(|i| (((i / 64) % 3) * 60 + (i * 37) % 120) as u8)
-        .collect();
-    let ip = dir.join("x.npy");
-    let mut w = npyz::WriteOptions::<u8>::new()
-        .default_dtype()
-        .shape(&[n as u64, 8, 8])
-        .writer(std::fs::File::create(&ip).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend(imgs).unwrap();
-    w.finish().unwrap();
-    let lp = dir.join("y.npy");
-    let mut w = npyz::WriteOptions::<i64>::new()
-        .default_dtype()
-        .shape(&[n as u64])
-        .writer(std::fs::File::create(&lp).unwrap())
-        .begin_nd()
-        .unwrap();
-    w.extend((0..n as i64).map(|i| i % 3)).unwrap();
-    w.finish().unwrap();
-    format!("npy:{},{}", ip.display(), lp.display())
-}
-
-const TINY_BASE: &str = r#"
-[model]
-in_channels = 1
-image_size = 8
-base_channels = 8
-channel_mult = [1, 2]
-num_res_blocks = 1
-attn_levels = [1]
-num_heads = 2
-num_classes = 3
-groups = 4
-
-[train]
-batch_size = 8
-warmup_steps = 1
-sample_every = 0
-checkpoint_every = 0
-log_every = 1
-"#;
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "failed: {err}");
-    err
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "expected exit 2: {err}");
-    let last = err.lines().last().unwrap_or("").to_string();
-    assert!(last.starts_with("divrl: error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    last
-}
 
 const EPOCHS: &str = "30";
 
@@ -109,25 +43,6 @@ fn finetune(base: &Path, data: &str, out: &Path) -> Command {
     c
 }
 
-fn tensors(p: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(p).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| {
-            let d = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (n, d)
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 fn latest_epoch(out: &Path) -> usize {
     std::fs::read_to_string(out.join("checkpoints/latest"))
         .ok()
@@ -139,25 +54,8 @@ fn latest_epoch(out: &Path) -> usize {
 fn killed_and_resumed_equals_uninterrupted() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let data = write_tiny_data(d);
-    let base_cfg = d.join("base.toml");
-    std::fs::write(&base_cfg, TINY_BASE).unwrap();
-    let base = d.join("base");
-    run_ok(
-        divrl()
-            .args(["train-base", "--out", base.to_str().unwrap()])
-            .args([
-                "--config",
-                base_cfg.to_str().unwrap(),
-                "--data",
-                &data,
-                "--steps",
-                "3",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]),
-    );
+    let data = write_tiny_data(d, 300);
+    let base = tiny_base(d, &data);
 
     // Uninterrupted.
     let a = d.join("a");
@@ -228,12 +126,12 @@ fn killed_and_resumed_equals_uninterrupted() {
     // Without --resume the folder is refused.
     let e = run_err(&mut finetune(&base, &data, &b));
     assert!(e.contains("--resume"), "{e}");
-    let err = run_ok(finetune(&base, &data, &b).arg("--resume"));
+    let (_, err) = run_ok(finetune(&base, &data, &b).arg("--resume"));
     assert!(err.contains("resuming"), "{err}");
 
     let (ta, tb) = (
-        tensors(&a.join("lora.safetensors")),
-        tensors(&b.join("lora.safetensors")),
+        f32_tensors(&a.join("lora.safetensors")),
+        f32_tensors(&b.join("lora.safetensors")),
     );
     assert_eq!(ta.len(), tb.len());
     let mut worst = 0.0f32;

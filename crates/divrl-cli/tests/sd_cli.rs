@@ -1,11 +1,9 @@
 //! `divrl finetune --model sd` and `divrl sd-sample` end to end on a tiny random Stable Diffusion
 //! folder (SD 1.x architecture, a few channels), and their one-line errors.
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn divrl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_divrl"))
-}
+use common::{divrl, run_err, run_ok};
+use std::path::{Path, PathBuf};
 
 fn clip_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../divrl/tests/fixtures/clip/tiny")
@@ -25,17 +23,6 @@ fn write_pngs(dir: &Path, n: usize, seed: u64) {
     }
 }
 
-fn one_error_line(out: &std::process::Output) -> String {
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("divrl: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    lines[0].to_string()
-}
-
 #[test]
 fn finetune_sd_then_sample_with_the_lora() {
     let tmp = tempfile::tempdir().unwrap();
@@ -45,31 +32,30 @@ fn finetune_sd_then_sample_with_the_lora() {
     write_pngs(&refs.join("cat"), 3, 1);
     write_pngs(&refs.join("dog"), 3, 2);
     let run = tmp.path().join("run");
-    let out = divrl()
-        .args(["finetune", "--model", "sd", "--base"])
-        .arg(&base)
-        .args(["--prompts", "a cat", "--prompts", "a dog", "--references"])
-        .arg(&refs)
-        .args(["--extractor", "clip", "--extractor-weights"])
-        .arg(clip_fixture())
-        .args([
-            "--epochs",
-            "1",
-            "--steps",
-            "2",
-            "--images-per-class",
-            "3",
-            "--grad-accum",
-            "3",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--out",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    run_ok(
+        divrl()
+            .args(["finetune", "--model", "sd", "--base"])
+            .arg(&base)
+            .args(["--prompts", "a cat", "--prompts", "a dog", "--references"])
+            .arg(&refs)
+            .args(["--extractor", "clip", "--extractor-weights"])
+            .arg(clip_fixture())
+            .args([
+                "--epochs",
+                "1",
+                "--steps",
+                "2",
+                "--images-per-class",
+                "3",
+                "--grad-accum",
+                "3",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+            ])
+            .arg(&run),
+    );
     let lora = run.join("lora");
     assert!(lora.join("pytorch_lora_weights.safetensors").exists());
     assert!(lora.join("adapter_config.json").exists());
@@ -83,19 +69,18 @@ fn finetune_sd_then_sample_with_the_lora() {
         1
     );
     let grid = tmp.path().join("grid.png");
-    let out = divrl()
-        .args(["sd-sample", "--base"])
-        .arg(&base)
-        .arg("--lora")
-        .arg(&lora)
-        .args([
-            "--prompt", "a cat", "--prompt", "a dog", "--n", "2", "--steps", "2", "--device",
-            "cpu", "--out",
-        ])
-        .arg(&grid)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    run_ok(
+        divrl()
+            .args(["sd-sample", "--base"])
+            .arg(&base)
+            .arg("--lora")
+            .arg(&lora)
+            .args([
+                "--prompt", "a cat", "--prompt", "a dog", "--n", "2", "--steps", "2", "--device",
+                "cpu", "--out",
+            ])
+            .arg(&grid),
+    );
     let img = image::open(&grid).unwrap();
     // 2 rows × 2 images of 16 px with 2 px borders.
     assert_eq!((img.width(), img.height()), (38, 38));
@@ -107,16 +92,15 @@ fn sd_errors_are_one_line() {
     let refs = tmp.path().join("refs");
     write_pngs(&refs, 3, 1);
     // Missing folder.
-    let out = divrl()
-        .args(["finetune", "--model", "sd", "--base"])
-        .arg(tmp.path().join("missing"))
-        .args(["--prompts", "a cat", "--references"])
-        .arg(&refs)
-        .args(["--device", "cpu", "--out"])
-        .arg(tmp.path().join("run"))
-        .output()
-        .unwrap();
-    let line = one_error_line(&out);
+    let line = run_err(
+        divrl()
+            .args(["finetune", "--model", "sd", "--base"])
+            .arg(tmp.path().join("missing"))
+            .args(["--prompts", "a cat", "--references"])
+            .arg(&refs)
+            .args(["--device", "cpu", "--out"])
+            .arg(tmp.path().join("run")),
+    );
     assert!(line.contains("does not exist"), "{line}");
     // A config.json lacking a required key.
     let base = tmp.path().join("tiny-sd");
@@ -126,22 +110,20 @@ fn sd_errors_are_one_line() {
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("block_out_channels");
     std::fs::write(&p, v.to_string()).unwrap();
-    let out = divrl()
-        .args(["sd-sample", "--base"])
-        .arg(&base)
-        .args(["--prompt", "a cat", "--device", "cpu", "--out"])
-        .arg(tmp.path().join("g.png"))
-        .output()
-        .unwrap();
-    let line = one_error_line(&out);
+    let line = run_err(
+        divrl()
+            .args(["sd-sample", "--base"])
+            .arg(&base)
+            .args(["--prompt", "a cat", "--device", "cpu", "--out"])
+            .arg(tmp.path().join("g.png")),
+    );
     assert!(line.contains("block_out_channels"), "{line}");
     // No prompt for model sd.
-    let out = divrl()
-        .args(["finetune", "--model", "sd", "--base"])
-        .arg(&base)
-        .args(["--device", "cpu"])
-        .output()
-        .unwrap();
-    let line = one_error_line(&out);
+    let line = run_err(
+        divrl()
+            .args(["finetune", "--model", "sd", "--base"])
+            .arg(&base)
+            .args(["--device", "cpu"]),
+    );
     assert!(line.contains("prompt"), "{line}");
 }
