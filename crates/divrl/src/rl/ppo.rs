@@ -1,9 +1,20 @@
-//! The clipped importance-sampling objective of DDPO / PPO over one trajectory step.
+//! The clipped importance-sampling objective of DDPO / PPO over one trajectory step, and the PPO
+//! phase of Algorithm 1 built on it ([`ppo_update`], shared by both trainers).
 //!
 //! With ratio ρ = exp(log π_θ(a|s) − log π_θ_old(a|s)) and advantage A, the loss is
 //! `mean(max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)))` (the gradient of `−A·ρ` is the estimator of the
 //! paper's eq. 20 for one step).
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+use crate::optim::AdamW;
+use crate::rng::SplitMix64;
+use crate::sample::Trajectory;
+use crate::schedule::{NoiseSchedule, SamplerConfig};
+
+use super::config::FinetuneConfig;
+use super::policy::{gaussian_kl_t, gaussian_log_prob_t, StepBatch};
 
 /// The loss (differentiable) and its diagnostics.
 #[derive(Debug)]
@@ -46,6 +57,143 @@ pub fn clipped_loss(
         clip_fraction,
         max_ratio_dev,
     }
+}
+
+/// Diagnostics of one PPO phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PpoStats {
+    pub loss: f64,
+    pub approx_kl: f64,
+    pub clip_fraction: f64,
+    /// Mean pre-clipping gradient norm over optimizer steps.
+    pub grad_norm: f64,
+    /// Mean per-step KL to the base policy (when `kl_coef > 0`).
+    pub kl_to_base: f64,
+    /// `max |ρ − 1|` over everything computed before the epoch's first optimizer step (0 in exact
+    /// arithmetic: the policy has not moved yet).
+    pub first_ratio_max_dev: f64,
+    pub optimizer_steps: usize,
+}
+
+/// What differs between the policies [`ppo_update`] trains: how the Gaussian of stored
+/// transitions is recomputed under the current weights.
+pub trait StepPolicy {
+    /// Mean and standard deviation (`[b, 1, 1, 1]`) of each transition of `sb`, differentiable
+    /// in the trained variables.
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor);
+
+    /// Runs after every `backward()` of a minibatch loss: a policy with gradient checkpointing
+    /// carries the gradient from its recorded outputs into its weights here.
+    fn finish_backward(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The policy side of a PPO phase.
+pub struct Replay<'a> {
+    /// The trained policy.
+    pub policy: &'a dyn StepPolicy,
+    /// The frozen base policy of the KL penalty, weighted by `kl_coef`; `None` = no penalty.
+    pub base: Option<&'a dyn StepPolicy>,
+    /// The noise schedule of the trajectories' timesteps.
+    pub sched: &'a NoiseSchedule,
+}
+
+/// Algorithm 1, line 6: `inner_epochs` rounds of clipped importance-sampling updates (eq. 20)
+/// over the trajectories `traj` with one advantage per trajectory. Each round shuffles the
+/// trajectories into minibatches of `train_batch_size` and each trajectory's trainable steps (all
+/// but the final `skip_final_steps`, whose stored log-probabilities are never read) and trains
+/// on the first `timestep_fraction` of them; `grad_accum` minibatches make one optimizer step,
+/// with the gradient norm clipped to `max_grad_norm`. Every shuffle draws from `rng`. `epoch`
+/// (1-based) only names the epoch in errors.
+#[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
+pub fn ppo_update(
+    replay: &Replay<'_>,
+    traj: &Trajectory,
+    advantages: &[f64],
+    cfg: &FinetuneConfig,
+    opt: &mut AdamW,
+    rng: &mut SplitMix64,
+    epoch: usize,
+) -> Result<PpoStats> {
+    let b = traj.latents.size()[1] as usize;
+    if advantages.len() != b {
+        bail!("{} advantages for {b} samples", advantages.len());
+    }
+    // Trainable transitions: all but the final `skip_final_steps` (see FinetuneConfig).
+    let k = traj.num_steps().saturating_sub(cfg.skip_final_steps).max(1);
+    let n_t = ((cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
+    let device = traj.latents.device();
+    let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
+        .to_device(device);
+    let sampler = &traj.sampler;
+    let mut st = PpoStats::default();
+    let (mut n_terms, mut before_first_step) = (0usize, true);
+    for _ in 0..cfg.inner_epochs {
+        let mut order: Vec<usize> = (0..b).collect();
+        rng.shuffle(&mut order);
+        let tperm: Vec<Vec<usize>> = (0..b)
+            .map(|_| {
+                let mut p: Vec<usize> = (0..k).collect();
+                rng.shuffle(&mut p);
+                p
+            })
+            .collect();
+        let minibatches: Vec<&[usize]> = order.chunks(cfg.train_batch_size).collect();
+        for group in minibatches.chunks(cfg.grad_accum) {
+            opt.zero_grad();
+            let denom = (n_t * group.len()) as f64;
+            for mb in group {
+                let mb_idx = Tensor::from_slice(&mb.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                    .to_device(device);
+                let a = adv.index_select(0, &mb_idx);
+                for j in 0..n_t {
+                    let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
+                    let sb = StepBatch::gather(replay.sched, traj, mb, &steps);
+                    let (mean, std) = replay.policy.gaussian(&sb, sampler);
+                    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
+                    let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
+                    let mut loss = terms.loss;
+                    if let Some(base) = replay.base {
+                        let (base_mean, _) = tch::no_grad(|| base.gaussian(&sb, sampler));
+                        let kl = gaussian_kl_t(&mean, &base_mean, &std, sampler.reduction)
+                            .mean(Kind::Float);
+                        st.kl_to_base += kl.double_value(&[]);
+                        loss += kl * cfg.kl_coef;
+                    }
+                    let lv = loss.double_value(&[]);
+                    if !lv.is_finite() {
+                        bail!("non-finite PPO loss ({lv}) at epoch {epoch}");
+                    }
+                    (loss / denom).backward();
+                    replay.policy.finish_backward()?;
+                    st.loss += lv;
+                    st.approx_kl += terms.approx_kl;
+                    st.clip_fraction += terms.clip_fraction;
+                    if before_first_step {
+                        st.first_ratio_max_dev = st.first_ratio_max_dev.max(terms.max_ratio_dev);
+                    }
+                    n_terms += 1;
+                }
+            }
+            let norm = opt.clip_grad_norm(cfg.max_grad_norm);
+            if !norm.is_finite() {
+                bail!("non-finite gradient norm at epoch {epoch}");
+            }
+            opt.step(cfg.lr);
+            before_first_step = false;
+            st.grad_norm += norm;
+            st.optimizer_steps += 1;
+        }
+    }
+    opt.zero_grad();
+    let n = n_terms.max(1) as f64;
+    st.loss /= n;
+    st.approx_kl /= n;
+    st.clip_fraction /= n;
+    st.kl_to_base /= n;
+    st.grad_norm /= st.optimizer_steps.max(1) as f64;
+    Ok(st)
 }
 
 #[cfg(test)]
