@@ -199,6 +199,184 @@ pub fn ppo_update(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::AdamWConfig;
+    use crate::schedule::{LogProbReduction, ScheduleConfig};
+    use std::cell::Cell;
+    use tch::{nn::VarStore, Device};
+
+    /// A policy that is no diffusion model (mean `w · x_t`, σ = 0.5, one trained scalar `w`):
+    /// [`ppo_update`] needs nothing but [`StepPolicy`]. Counts its `finish_backward` calls.
+    struct Scaled {
+        vs: VarStore,
+        w: Tensor,
+        finished: Cell<usize>,
+    }
+
+    impl Scaled {
+        fn new() -> Self {
+            let vs = VarStore::new(Device::Cpu);
+            let w = vs.root().var("w", &[1], tch::nn::Init::Const(1.0));
+            Self {
+                vs,
+                w,
+                finished: Cell::new(0),
+            }
+        }
+    }
+
+    fn half(b: i64) -> Tensor {
+        Tensor::full([b, 1, 1, 1], 0.5, (Kind::Float, Device::Cpu))
+    }
+
+    impl StepPolicy for Scaled {
+        fn gaussian(&self, sb: &StepBatch, _: &SamplerConfig) -> (Tensor, Tensor) {
+            (&sb.x_t * &self.w, half(sb.x_t.size()[0]))
+        }
+        fn finish_backward(&self) -> Result<()> {
+            if !self.w.grad().defined() {
+                bail!("finish_backward ran before backward");
+            }
+            self.finished.set(self.finished.get() + 1);
+            Ok(())
+        }
+    }
+
+    /// 6 trajectories of 4 steps sampled from `Scaled` at w = 1 (so the first ratios are 1).
+    fn trajectory() -> Trajectory {
+        let (b, k) = (6, 4);
+        let mut rng = SplitMix64(7);
+        let mut x = rng.randn(&[b, 1, 2, 2], Device::Cpu);
+        let (mut latents, mut log_probs) = (vec![x.shallow_clone()], Vec::new());
+        for _ in 0..k {
+            let next = &x + rng.randn(&[b, 1, 2, 2], Device::Cpu) * 0.5;
+            log_probs.push(gaussian_log_prob_t(
+                &next,
+                &x,
+                &half(b),
+                LogProbReduction::Mean,
+            ));
+            x = next;
+            latents.push(x.shallow_clone());
+        }
+        Trajectory {
+            latents: Tensor::stack(&latents, 0),
+            timesteps: vec![800, 600, 400, 200, 0],
+            log_probs: Tensor::stack(&log_probs, 0),
+            classes: Tensor::zeros([b], (Kind::Int64, Device::Cpu)),
+            sampler: SamplerConfig::default(),
+        }
+    }
+
+    fn settings() -> FinetuneConfig {
+        FinetuneConfig {
+            inner_epochs: 2,
+            train_batch_size: 4, // 6 trajectories: minibatches of 4 and 2
+            grad_accum: 1,
+            timestep_fraction: 0.5, // 2 of 4 steps
+            clip_range: 0.2,
+            lr: 1e-2,
+            ..FinetuneConfig::default()
+        }
+    }
+
+    const ADV: [f64; 6] = [1.0, -1.0, 0.5, 2.0, -0.3, 0.0];
+
+    /// `ppo_update` of a fresh `Scaled` from RNG state `seed`: stats, final `w`, final RNG state
+    /// and the number of `finish_backward` calls.
+    fn run(
+        cfg: &FinetuneConfig,
+        traj: &Trajectory,
+        seed: u64,
+    ) -> (Result<PpoStats>, f64, u64, usize) {
+        let policy = Scaled::new();
+        let mut opt = AdamW::new(&policy.vs, AdamWConfig::default());
+        let mut rng = SplitMix64(seed);
+        let sched = NoiseSchedule::new(&ScheduleConfig::default()).unwrap();
+        let replay = Replay {
+            policy: &policy,
+            base: None,
+            sched: &sched,
+        };
+        let st = ppo_update(&replay, traj, &ADV, cfg, &mut opt, &mut rng, 1);
+        (
+            st,
+            policy.w.double_value(&[0]),
+            rng.0,
+            policy.finished.get(),
+        )
+    }
+
+    #[test]
+    fn update_is_a_function_of_the_rng_state_with_finite_statistics() {
+        let traj = trajectory();
+        let cfg = settings();
+        let (st, w, rng, finished) = run(&cfg, &traj, 42);
+        let st = st.unwrap();
+        assert_eq!(st.optimizer_steps, 4); // 2 inner epochs × 2 minibatches
+        assert_eq!(
+            finished, 8,
+            "one finish_backward per minibatch and timestep"
+        );
+        assert!(st.first_ratio_max_dev < 1e-6, "{}", st.first_ratio_max_dev);
+        for v in [st.loss, st.approx_kl, st.clip_fraction, st.grad_norm] {
+            assert!(v.is_finite(), "{st:?}");
+        }
+        assert!(st.grad_norm > 0.0 && w != 1.0, "the policy must move");
+        assert_eq!(st.kl_to_base, 0.0);
+        // The same RNG state gives the same update, bit for bit; another one other shuffles.
+        let (again, w2, rng2, _) = run(&cfg, &traj, 42);
+        let again = again.unwrap();
+        assert_eq!(
+            (
+                again.loss,
+                again.approx_kl,
+                again.clip_fraction,
+                again.grad_norm
+            ),
+            (st.loss, st.approx_kl, st.clip_fraction, st.grad_norm)
+        );
+        assert_eq!((w2, rng2), (w, rng));
+        let (_, _, rng3, _) = run(&cfg, &traj, 43);
+        assert_ne!(rng3, rng);
+    }
+
+    #[test]
+    fn skipped_final_steps_may_hold_nan_log_probs() {
+        let traj = trajectory();
+        let _ = traj.log_probs.get(3).fill_(f64::NAN);
+        let mut cfg = settings();
+        cfg.timestep_fraction = 1.0;
+        cfg.skip_final_steps = 1;
+        let (st, _, _, _) = run(&cfg, &traj, 42);
+        assert!(st.unwrap().loss.is_finite());
+        cfg.skip_final_steps = 0;
+        let e = run(&cfg, &traj, 42).0.unwrap_err().to_string();
+        assert_eq!(e, "non-finite PPO loss (NaN) at epoch 1");
+    }
+
+    #[test]
+    fn advantages_must_match_the_trajectories() {
+        let traj = trajectory();
+        let policy = Scaled::new();
+        let mut opt = AdamW::new(&policy.vs, AdamWConfig::default());
+        let sched = NoiseSchedule::new(&ScheduleConfig::default()).unwrap();
+        let replay = Replay {
+            policy: &policy,
+            base: None,
+            sched: &sched,
+        };
+        let e = ppo_update(
+            &replay,
+            &traj,
+            &ADV[..5],
+            &settings(),
+            &mut opt,
+            &mut SplitMix64(0),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "5 advantages for 6 samples");
+    }
 
     #[test]
     fn ratio_one_gives_minus_mean_advantage_and_its_gradient() {
