@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: [`FinetuneConfig`] (TOML, every field also a CLI flag).
 //! - [`advantage`]: per-condition running normalisation and clipping.
-//! - [`ppo`]: the clipped objective; [`policy`]: replaying trajectory steps per sample.
+//! - [`ppo`]: the clipped objective and the PPO phase both trainers share; [`policy`]: replaying
+//!   trajectory steps per sample.
 //! - [`trainer`]: [`Finetuner`], the loop, checkpoints with exact resume, exports.
 //! - [`phi`]: ϕ by name (adds the parameter-free `pixels`).
 //! - [`setup`]: a [`Finetuner`] from a config (model, ϕ, references, evaluation set).

@@ -1,9 +1,20 @@
-//! The clipped importance-sampling objective of DDPO / PPO over one trajectory step.
+//! The clipped importance-sampling objective of DDPO / PPO over one trajectory step, and the PPO
+//! phase of Algorithm 1 built on it ([`ppo_update`], shared by both trainers).
 //!
 //! With ratio ρ = exp(log π_θ(a|s) − log π_θ_old(a|s)) and advantage A, the loss is
 //! `mean(max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)))` (the gradient of `−A·ρ` is the estimator of the
 //! paper's eq. 20 for one step).
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+use crate::optim::AdamW;
+use crate::rng::SplitMix64;
+use crate::sample::Trajectory;
+use crate::schedule::{NoiseSchedule, SamplerConfig};
+
+use super::config::FinetuneConfig;
+use super::policy::{gaussian_kl_t, gaussian_log_prob_t, StepBatch};
 
 /// The loss (differentiable) and its diagnostics.
 #[derive(Debug)]
@@ -48,9 +59,324 @@ pub fn clipped_loss(
     }
 }
 
+/// Diagnostics of one PPO phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PpoStats {
+    pub loss: f64,
+    pub approx_kl: f64,
+    pub clip_fraction: f64,
+    /// Mean pre-clipping gradient norm over optimizer steps.
+    pub grad_norm: f64,
+    /// Mean per-step KL to the base policy (when `kl_coef > 0`).
+    pub kl_to_base: f64,
+    /// `max |ρ − 1|` over everything computed before the epoch's first optimizer step (0 in exact
+    /// arithmetic: the policy has not moved yet).
+    pub first_ratio_max_dev: f64,
+    pub optimizer_steps: usize,
+}
+
+/// What differs between the policies [`ppo_update`] trains: how the Gaussian of stored
+/// transitions is recomputed under the current weights.
+pub trait StepPolicy {
+    /// Mean and standard deviation (`[b, 1, 1, 1]`) of each transition of `sb`, differentiable
+    /// in the trained variables.
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor);
+
+    /// Runs after every `backward()` of a minibatch loss: a policy with gradient checkpointing
+    /// carries the gradient from its recorded outputs into its weights here.
+    fn finish_backward(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The policy side of a PPO phase.
+pub struct Replay<'a> {
+    /// The trained policy.
+    pub policy: &'a dyn StepPolicy,
+    /// The frozen base policy of the KL penalty, weighted by `kl_coef`; `None` = no penalty.
+    pub base: Option<&'a dyn StepPolicy>,
+    /// The noise schedule of the trajectories' timesteps.
+    pub sched: &'a NoiseSchedule,
+}
+
+/// Algorithm 1, line 6: `inner_epochs` rounds of clipped importance-sampling updates (eq. 20)
+/// over the trajectories `traj` with one advantage per trajectory. Each round shuffles the
+/// trajectories into minibatches of `train_batch_size` and each trajectory's trainable steps (all
+/// but the final `skip_final_steps`, whose stored log-probabilities are never read) and trains
+/// on the first `timestep_fraction` of them; `grad_accum` minibatches make one optimizer step,
+/// with the gradient norm clipped to `max_grad_norm`. Every shuffle draws from `rng`. `epoch`
+/// (1-based) only names the epoch in errors.
+#[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
+pub fn ppo_update(
+    replay: &Replay<'_>,
+    traj: &Trajectory,
+    advantages: &[f64],
+    cfg: &FinetuneConfig,
+    opt: &mut AdamW,
+    rng: &mut SplitMix64,
+    epoch: usize,
+) -> Result<PpoStats> {
+    let b = traj.latents.size()[1] as usize;
+    if advantages.len() != b {
+        bail!("{} advantages for {b} samples", advantages.len());
+    }
+    // Trainable transitions: all but the final `skip_final_steps` (see FinetuneConfig).
+    let k = traj.num_steps().saturating_sub(cfg.skip_final_steps).max(1);
+    let n_t = ((cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
+    let device = traj.latents.device();
+    let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
+        .to_device(device);
+    let sampler = &traj.sampler;
+    let mut st = PpoStats::default();
+    let (mut n_terms, mut before_first_step) = (0usize, true);
+    for _ in 0..cfg.inner_epochs {
+        let mut order: Vec<usize> = (0..b).collect();
+        rng.shuffle(&mut order);
+        let tperm: Vec<Vec<usize>> = (0..b)
+            .map(|_| {
+                let mut p: Vec<usize> = (0..k).collect();
+                rng.shuffle(&mut p);
+                p
+            })
+            .collect();
+        let minibatches: Vec<&[usize]> = order.chunks(cfg.train_batch_size).collect();
+        for group in minibatches.chunks(cfg.grad_accum) {
+            opt.zero_grad();
+            let denom = (n_t * group.len()) as f64;
+            for mb in group {
+                let mb_idx = Tensor::from_slice(&mb.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                    .to_device(device);
+                let a = adv.index_select(0, &mb_idx);
+                for j in 0..n_t {
+                    let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
+                    let sb = StepBatch::gather(replay.sched, traj, mb, &steps);
+                    let (mean, std) = replay.policy.gaussian(&sb, sampler);
+                    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
+                    let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
+                    let mut loss = terms.loss;
+                    if let Some(base) = replay.base {
+                        let (base_mean, _) = tch::no_grad(|| base.gaussian(&sb, sampler));
+                        let kl = gaussian_kl_t(&mean, &base_mean, &std, sampler.reduction)
+                            .mean(Kind::Float);
+                        st.kl_to_base += kl.double_value(&[]);
+                        loss += kl * cfg.kl_coef;
+                    }
+                    let lv = loss.double_value(&[]);
+                    if !lv.is_finite() {
+                        bail!("non-finite PPO loss ({lv}) at epoch {epoch}");
+                    }
+                    (loss / denom).backward();
+                    replay.policy.finish_backward()?;
+                    st.loss += lv;
+                    st.approx_kl += terms.approx_kl;
+                    st.clip_fraction += terms.clip_fraction;
+                    if before_first_step {
+                        st.first_ratio_max_dev = st.first_ratio_max_dev.max(terms.max_ratio_dev);
+                    }
+                    n_terms += 1;
+                }
+            }
+            let norm = opt.clip_grad_norm(cfg.max_grad_norm);
+            if !norm.is_finite() {
+                bail!("non-finite gradient norm at epoch {epoch}");
+            }
+            opt.step(cfg.lr);
+            before_first_step = false;
+            st.grad_norm += norm;
+            st.optimizer_steps += 1;
+        }
+    }
+    opt.zero_grad();
+    let n = n_terms.max(1) as f64;
+    st.loss /= n;
+    st.approx_kl /= n;
+    st.clip_fraction /= n;
+    st.kl_to_base /= n;
+    st.grad_norm /= st.optimizer_steps.max(1) as f64;
+    Ok(st)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::AdamWConfig;
+    use crate::schedule::{LogProbReduction, ScheduleConfig};
+    use std::cell::Cell;
+    use tch::{nn::VarStore, Device};
+
+    /// A policy that is no diffusion model (mean `w · x_t`, σ = 0.5, one trained scalar `w`):
+    /// [`ppo_update`] needs nothing but [`StepPolicy`]. Counts its `finish_backward` calls.
+    struct Scaled {
+        vs: VarStore,
+        w: Tensor,
+        finished: Cell<usize>,
+    }
+
+    impl Scaled {
+        fn new() -> Self {
+            let vs = VarStore::new(Device::Cpu);
+            let w = vs.root().var("w", &[1], tch::nn::Init::Const(1.0));
+            Self {
+                vs,
+                w,
+                finished: Cell::new(0),
+            }
+        }
+    }
+
+    fn half(b: i64) -> Tensor {
+        Tensor::full([b, 1, 1, 1], 0.5, (Kind::Float, Device::Cpu))
+    }
+
+    impl StepPolicy for Scaled {
+        fn gaussian(&self, sb: &StepBatch, _: &SamplerConfig) -> (Tensor, Tensor) {
+            (&sb.x_t * &self.w, half(sb.x_t.size()[0]))
+        }
+        fn finish_backward(&self) -> Result<()> {
+            if !self.w.grad().defined() {
+                bail!("finish_backward ran before backward");
+            }
+            self.finished.set(self.finished.get() + 1);
+            Ok(())
+        }
+    }
+
+    /// 6 trajectories of 4 steps sampled from `Scaled` at w = 1 (so the first ratios are 1).
+    fn trajectory() -> Trajectory {
+        let (b, k) = (6, 4);
+        let mut rng = SplitMix64(7);
+        let mut x = rng.randn(&[b, 1, 2, 2], Device::Cpu);
+        let (mut latents, mut log_probs) = (vec![x.shallow_clone()], Vec::new());
+        for _ in 0..k {
+            let next = &x + rng.randn(&[b, 1, 2, 2], Device::Cpu) * 0.5;
+            log_probs.push(gaussian_log_prob_t(
+                &next,
+                &x,
+                &half(b),
+                LogProbReduction::Mean,
+            ));
+            x = next;
+            latents.push(x.shallow_clone());
+        }
+        Trajectory {
+            latents: Tensor::stack(&latents, 0),
+            timesteps: vec![800, 600, 400, 200, 0],
+            log_probs: Tensor::stack(&log_probs, 0),
+            classes: Tensor::zeros([b], (Kind::Int64, Device::Cpu)),
+            sampler: SamplerConfig::default(),
+        }
+    }
+
+    fn settings() -> FinetuneConfig {
+        FinetuneConfig {
+            inner_epochs: 2,
+            train_batch_size: 4, // 6 trajectories: minibatches of 4 and 2
+            grad_accum: 1,
+            timestep_fraction: 0.5, // 2 of 4 steps
+            clip_range: 0.2,
+            lr: 1e-2,
+            ..FinetuneConfig::default()
+        }
+    }
+
+    const ADV: [f64; 6] = [1.0, -1.0, 0.5, 2.0, -0.3, 0.0];
+
+    /// `ppo_update` of a fresh `Scaled` from RNG state `seed`: stats, final `w`, final RNG state
+    /// and the number of `finish_backward` calls.
+    fn run(
+        cfg: &FinetuneConfig,
+        traj: &Trajectory,
+        seed: u64,
+    ) -> (Result<PpoStats>, f64, u64, usize) {
+        let policy = Scaled::new();
+        let mut opt = AdamW::new(&policy.vs, AdamWConfig::default());
+        let mut rng = SplitMix64(seed);
+        let sched = NoiseSchedule::new(&ScheduleConfig::default()).unwrap();
+        let replay = Replay {
+            policy: &policy,
+            base: None,
+            sched: &sched,
+        };
+        let st = ppo_update(&replay, traj, &ADV, cfg, &mut opt, &mut rng, 1);
+        (
+            st,
+            policy.w.double_value(&[0]),
+            rng.0,
+            policy.finished.get(),
+        )
+    }
+
+    #[test]
+    fn update_is_a_function_of_the_rng_state_with_finite_statistics() {
+        let traj = trajectory();
+        let cfg = settings();
+        let (st, w, rng, finished) = run(&cfg, &traj, 42);
+        let st = st.unwrap();
+        assert_eq!(st.optimizer_steps, 4); // 2 inner epochs × 2 minibatches
+        assert_eq!(
+            finished, 8,
+            "one finish_backward per minibatch and timestep"
+        );
+        assert!(st.first_ratio_max_dev < 1e-6, "{}", st.first_ratio_max_dev);
+        for v in [st.loss, st.approx_kl, st.clip_fraction, st.grad_norm] {
+            assert!(v.is_finite(), "{st:?}");
+        }
+        assert!(st.grad_norm > 0.0 && w != 1.0, "the policy must move");
+        assert_eq!(st.kl_to_base, 0.0);
+        // The same RNG state gives the same update, bit for bit; another one other shuffles.
+        let (again, w2, rng2, _) = run(&cfg, &traj, 42);
+        let again = again.unwrap();
+        assert_eq!(
+            (
+                again.loss,
+                again.approx_kl,
+                again.clip_fraction,
+                again.grad_norm
+            ),
+            (st.loss, st.approx_kl, st.clip_fraction, st.grad_norm)
+        );
+        assert_eq!((w2, rng2), (w, rng));
+        let (_, _, rng3, _) = run(&cfg, &traj, 43);
+        assert_ne!(rng3, rng);
+    }
+
+    #[test]
+    fn skipped_final_steps_may_hold_nan_log_probs() {
+        let traj = trajectory();
+        let _ = traj.log_probs.get(3).fill_(f64::NAN);
+        let mut cfg = settings();
+        cfg.timestep_fraction = 1.0;
+        cfg.skip_final_steps = 1;
+        let (st, _, _, _) = run(&cfg, &traj, 42);
+        assert!(st.unwrap().loss.is_finite());
+        cfg.skip_final_steps = 0;
+        let e = run(&cfg, &traj, 42).0.unwrap_err().to_string();
+        assert_eq!(e, "non-finite PPO loss (NaN) at epoch 1");
+    }
+
+    #[test]
+    fn advantages_must_match_the_trajectories() {
+        let traj = trajectory();
+        let policy = Scaled::new();
+        let mut opt = AdamW::new(&policy.vs, AdamWConfig::default());
+        let sched = NoiseSchedule::new(&ScheduleConfig::default()).unwrap();
+        let replay = Replay {
+            policy: &policy,
+            base: None,
+            sched: &sched,
+        };
+        let e = ppo_update(
+            &replay,
+            &traj,
+            &ADV[..5],
+            &settings(),
+            &mut opt,
+            &mut SplitMix64(0),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "5 advantages for 6 samples");
+    }
 
     #[test]
     fn ratio_one_gives_minus_mean_advantage_and_its_gradient() {

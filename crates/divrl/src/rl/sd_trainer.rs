@@ -28,14 +28,15 @@ use crate::nn::lora_diffusers::export_peft;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
 use crate::sample::{save_grid, Trajectory};
+use crate::schedule::SamplerConfig;
 
 use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
 use super::config::FinetuneConfig;
-use super::policy::{gaussian_log_prob_t, StepBatch};
-use super::ppo::clipped_loss;
+use super::policy::StepBatch;
+use super::ppo::{self, PpoStats, Replay, StepPolicy};
 use super::trainer::{
-    EpochLog, PpoStats, RlState, Rollout, Scores, CHECKPOINTS_DIR, LATEST_FILE, LOG_FILE,
-    OPTIM_FILE, STATE_FILE, TRAINABLE_FILE,
+    EpochLog, RlState, Rollout, Scores, CHECKPOINTS_DIR, LATEST_FILE, LOG_FILE, OPTIM_FILE,
+    STATE_FILE, TRAINABLE_FILE,
 };
 
 /// Folder of the exported LoRA (peft/diffusers layout) inside the run folder.
@@ -145,12 +146,7 @@ impl SdFinetuner {
 
     /// The current policy (the UNet with its adapters, conditioned on the run's prompts).
     pub fn policy(&self) -> SdPolicy<'_> {
-        SdPolicy {
-            sd: &self.sd,
-            cond: self.cond.shallow_clone(),
-            prompts: self.cfg.prompts.clone(),
-            checkpoints: None,
-        }
+        sd_policy(&self.sd, &self.cond, &self.cfg.prompts)
     }
 
     /// Algorithm 1, line 3: M latent trajectories per prompt.
@@ -250,90 +246,30 @@ impl SdFinetuner {
         })
     }
 
-    /// Algorithm 1, line 6: clipped importance-sampling steps over the rollout (as
-    /// [`crate::rl::Finetuner::ppo_update`]; one backward per timestep and minibatch).
-    #[allow(clippy::needless_range_loop)]
+    /// Algorithm 1, line 6: clipped importance-sampling steps over the rollout
+    /// ([`ppo::ppo_update`]; one backward per timestep and minibatch, through the checkpointed
+    /// UNet stages with `gradient_checkpointing`).
     pub fn ppo_update(&mut self, roll: &Rollout, advantages: &[f64]) -> Result<PpoStats> {
-        let traj = &roll.traj;
-        let b = roll.conditions.len();
-        if advantages.len() != b {
-            bail!("{} advantages for {b} samples", advantages.len());
-        }
-        // Trainable transitions: all but the final `skip_final_steps` (see FinetuneConfig).
-        let k = traj
-            .num_steps()
-            .saturating_sub(self.cfg.skip_final_steps)
-            .max(1);
-        let n_t = ((self.cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
-        let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
-            .to_device(self.device);
-        let sampler = traj.sampler.clone();
-        let mut st = PpoStats::default();
-        let (mut n_terms, mut before_first_step) = (0usize, true);
-        for _ in 0..self.cfg.inner_epochs {
-            let mut order: Vec<usize> = (0..b).collect();
-            self.rng.shuffle(&mut order);
-            let tperm: Vec<Vec<usize>> = (0..b)
-                .map(|_| {
-                    let mut p: Vec<usize> = (0..k).collect();
-                    self.rng.shuffle(&mut p);
-                    p
-                })
-                .collect();
-            let minibatches: Vec<&[usize]> = order.chunks(self.cfg.train_batch_size).collect();
-            for group in minibatches.chunks(self.cfg.grad_accum) {
-                self.opt.zero_grad();
-                let denom = (n_t * group.len()) as f64;
-                for mb in group {
-                    let mb_idx =
-                        Tensor::from_slice(&mb.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                            .to_device(self.device);
-                    let a = adv.index_select(0, &mb_idx);
-                    for j in 0..n_t {
-                        let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
-                        let sb = StepBatch::gather(&self.sd.scheduler.sched, traj, mb, &steps);
-                        let policy = if self.cfg.gradient_checkpointing {
-                            self.policy().with_checkpointing()
-                        } else {
-                            self.policy()
-                        };
-                        let (mean, std) = sb.gaussian(&policy, &sampler);
-                        let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
-                        let terms =
-                            clipped_loss(&lp, &sb.old_log_probs(traj), &a, self.cfg.clip_range);
-                        let lv = terms.loss.double_value(&[]);
-                        if !lv.is_finite() {
-                            bail!("non-finite PPO loss ({lv}) at epoch {}", self.epoch + 1);
-                        }
-                        (terms.loss / denom).backward();
-                        policy.backward_checkpoints()?;
-                        st.loss += lv;
-                        st.approx_kl += terms.approx_kl;
-                        st.clip_fraction += terms.clip_fraction;
-                        if before_first_step {
-                            st.first_ratio_max_dev =
-                                st.first_ratio_max_dev.max(terms.max_ratio_dev);
-                        }
-                        n_terms += 1;
-                    }
-                }
-                let norm = self.opt.clip_grad_norm(self.cfg.max_grad_norm);
-                if !norm.is_finite() {
-                    bail!("non-finite gradient norm at epoch {}", self.epoch + 1);
-                }
-                self.opt.step(self.cfg.lr);
-                before_first_step = false;
-                st.grad_norm += norm;
-                st.optimizer_steps += 1;
-            }
-        }
-        self.opt.zero_grad();
-        let n = n_terms.max(1) as f64;
-        st.loss /= n;
-        st.approx_kl /= n;
-        st.clip_fraction /= n;
-        st.grad_norm /= st.optimizer_steps.max(1) as f64;
-        Ok(st)
+        let policy = sd_policy(&self.sd, &self.cond, &self.cfg.prompts);
+        let policy = if self.cfg.gradient_checkpointing {
+            policy.with_checkpointing()
+        } else {
+            policy
+        };
+        let replay = Replay {
+            policy: &policy,
+            base: None, // kl_coef > 0 is rejected for model sd (FinetuneConfig::validate)
+            sched: &self.sd.scheduler.sched,
+        };
+        ppo::ppo_update(
+            &replay,
+            &roll.traj,
+            advantages,
+            &self.cfg,
+            &mut self.opt,
+            &mut self.rng,
+            self.epoch + 1,
+        )
     }
 
     /// One iteration of Algorithm 1. Returns the log line and the epoch's decoded images.
@@ -538,6 +474,29 @@ impl SdFinetuner {
     /// Writes `out/lora/` (peft/diffusers layout, [`crate::nn::lora_diffusers`]).
     pub fn export(&self) -> Result<PathBuf> {
         export_peft(&self.sd.unet, &self.cfg.out.join(SD_LORA_DIR))
+    }
+}
+
+/// The policy of prompts `prompts` with text states `cond` (borrows only the pipeline, so the
+/// optimizer and RNG stay free to update while it is alive).
+fn sd_policy<'a>(sd: &'a StableDiffusion, cond: &Tensor, prompts: &[String]) -> SdPolicy<'a> {
+    SdPolicy {
+        sd,
+        cond: cond.shallow_clone(),
+        prompts: prompts.to_vec(),
+        checkpoints: None,
+    }
+}
+
+/// The Stable Diffusion policy replays a transition like the sampler, and with gradient
+/// checkpointing finishes each backward pass through the recorded UNet stages.
+impl StepPolicy for SdPolicy<'_> {
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
+        sb.gaussian(self, sampler)
+    }
+
+    fn finish_backward(&self) -> Result<()> {
+        self.backward_checkpoints().map(|_| ())
     }
 }
 

@@ -31,12 +31,13 @@ use crate::models::unet::UNet;
 use crate::optim::{copy_vars, AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
 use crate::sample::{sample_trajectory, save_grid, Trajectory};
-use crate::schedule::NoiseSchedule;
+use crate::schedule::{NoiseSchedule, SamplerConfig};
 
 use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
 use super::config::FinetuneConfig;
-use super::policy::{gaussian_kl_t, gaussian_log_prob_t, StepBatch};
-use super::ppo::clipped_loss;
+use super::policy::StepBatch;
+pub use super::ppo::PpoStats;
+use super::ppo::{self, Replay, StepPolicy};
 
 pub const LOG_FILE: &str = "log.jsonl";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -70,22 +71,6 @@ pub struct Scores {
     pub rewards: Vec<f64>,
     /// Set reward of each condition (unscaled).
     pub set_rewards: BTreeMap<i64, f64>,
-}
-
-/// Diagnostics of one PPO phase.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PpoStats {
-    pub loss: f64,
-    pub approx_kl: f64,
-    pub clip_fraction: f64,
-    /// Mean pre-clipping gradient norm over optimizer steps.
-    pub grad_norm: f64,
-    /// Mean per-step KL to the base policy (when `kl_coef > 0`).
-    pub kl_to_base: f64,
-    /// `max |ρ − 1|` over everything computed before the epoch's first optimizer step (0 in exact
-    /// arithmetic: the policy has not moved yet).
-    pub first_ratio_max_dev: f64,
-    pub optimizer_steps: usize,
 }
 
 /// One line of `log.jsonl` per epoch.
@@ -155,6 +140,14 @@ pub struct Finetuner {
     device: Device,
     last_checkpoint: Option<PathBuf>,
     log_lines: Vec<String>,
+}
+
+/// The class-conditional UNet replays a transition with the batched guided ε of
+/// [`StepBatch::gaussian`].
+impl StepPolicy for UNet {
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
+        sb.gaussian(self, sampler)
+    }
 }
 
 impl Finetuner {
@@ -381,93 +374,25 @@ impl Finetuner {
     }
 
     /// Algorithm 1, line 6: `inner_epochs` rounds of clipped importance-sampling updates over the
-    /// rollout, on a `timestep_fraction` of each trajectory's steps (shuffled per trajectory),
-    /// minibatches of `train_batch_size`, `grad_accum` minibatches per optimizer step.
-    #[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
+    /// rollout ([`ppo::ppo_update`]), with the KL penalty to the frozen base when `kl_coef > 0`.
     pub fn ppo_update(&mut self, roll: &Rollout, advantages: &[f64]) -> Result<PpoStats> {
-        let traj = &roll.traj;
-        let b = roll.conditions.len();
-        if advantages.len() != b {
-            bail!("{} advantages for {b} samples", advantages.len());
-        }
-        // Trainable transitions: all but the final `skip_final_steps`.
-        let k = traj
-            .num_steps()
-            .saturating_sub(self.cfg.skip_final_steps)
-            .max(1);
-        let n_t = ((self.cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
-        let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
-            .to_device(self.device);
-        let sampler = traj.sampler.clone();
-        let mut st = PpoStats::default();
-        let (mut n_terms, mut before_first_step) = (0usize, true);
-        for _ in 0..self.cfg.inner_epochs {
-            let mut order: Vec<usize> = (0..b).collect();
-            self.rng.shuffle(&mut order);
-            let tperm: Vec<Vec<usize>> = (0..b)
-                .map(|_| {
-                    let mut p: Vec<usize> = (0..k).collect();
-                    self.rng.shuffle(&mut p);
-                    p
-                })
-                .collect();
-            let minibatches: Vec<&[usize]> = order.chunks(self.cfg.train_batch_size).collect();
-            for group in minibatches.chunks(self.cfg.grad_accum) {
-                self.opt.zero_grad();
-                let denom = (n_t * group.len()) as f64;
-                for mb in group {
-                    let mb_idx =
-                        Tensor::from_slice(&mb.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                            .to_device(self.device);
-                    let a = adv.index_select(0, &mb_idx);
-                    for j in 0..n_t {
-                        let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
-                        let sb = StepBatch::gather(&self.sched, traj, mb, &steps);
-                        let (mean, std) = sb.gaussian(&self.unet, &sampler);
-                        let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
-                        let terms =
-                            clipped_loss(&lp, &sb.old_log_probs(traj), &a, self.cfg.clip_range);
-                        let mut loss = terms.loss;
-                        if let Some((_, ref_unet)) = &self.ref_model {
-                            let (ref_mean, _) = tch::no_grad(|| sb.gaussian(ref_unet, &sampler));
-                            let kl = gaussian_kl_t(&mean, &ref_mean, &std, sampler.reduction)
-                                .mean(Kind::Float);
-                            st.kl_to_base += kl.double_value(&[]);
-                            loss += kl * self.cfg.kl_coef;
-                        }
-                        let lv = loss.double_value(&[]);
-                        if !lv.is_finite() {
-                            bail!("non-finite PPO loss ({lv}) at epoch {}", self.epoch + 1);
-                        }
-                        (loss / denom).backward();
-                        st.loss += lv;
-                        st.approx_kl += terms.approx_kl;
-                        st.clip_fraction += terms.clip_fraction;
-                        if before_first_step {
-                            st.first_ratio_max_dev =
-                                st.first_ratio_max_dev.max(terms.max_ratio_dev);
-                        }
-                        n_terms += 1;
-                    }
-                }
-                let norm = self.opt.clip_grad_norm(self.cfg.max_grad_norm);
-                if !norm.is_finite() {
-                    bail!("non-finite gradient norm at epoch {}", self.epoch + 1);
-                }
-                self.opt.step(self.cfg.lr);
-                before_first_step = false;
-                st.grad_norm += norm;
-                st.optimizer_steps += 1;
-            }
-        }
-        self.opt.zero_grad();
-        let n = n_terms.max(1) as f64;
-        st.loss /= n;
-        st.approx_kl /= n;
-        st.clip_fraction /= n;
-        st.kl_to_base /= n;
-        st.grad_norm /= st.optimizer_steps.max(1) as f64;
-        Ok(st)
+        let replay = Replay {
+            policy: &self.unet,
+            base: self
+                .ref_model
+                .as_ref()
+                .map(|(_, base)| base as &dyn StepPolicy),
+            sched: &self.sched,
+        };
+        ppo::ppo_update(
+            &replay,
+            &roll.traj,
+            advantages,
+            &self.cfg,
+            &mut self.opt,
+            &mut self.rng,
+            self.epoch + 1,
+        )
     }
 
     /// One iteration of Algorithm 1's loop. Returns the log line and the epoch's images.
