@@ -198,7 +198,7 @@ fn config_validation_and_toml() {
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
-    assert!((500_000..3_000_000).contains(&n), "{n} parameters");
+    assert!((1_000_000..=2_000_000).contains(&n), "{n} parameters");
     let out = u.forward(
         &Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)),
         &Tensor::from_slice(&[1i64, 2]),

@@ -8,6 +8,10 @@ fn shipped_base_model_denoises_held_out_images() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fashion-mnist-base");
     let m = divrl::checkpoint::load_model(&dir, Device::Cpu, true).unwrap();
     assert_eq!(m.config.model.image_size, 28);
+    // The shipped base is the default architecture, sized as the issue asks (about 1-2 M).
+    assert_eq!(m.config.model, divrl::models::unet::UNetConfig::default());
+    let n: i64 = m.vs.variables().values().map(|t| t.numel() as i64).sum();
+    assert!((1_000_000..=2_000_000).contains(&n), "{n} parameters");
     let splits = divrl::data::split_dataset(
         &divrl::data::fashion_mnist_test().unwrap(),
         200,
@@ -29,11 +33,19 @@ fn shipped_base_model_denoises_held_out_images() {
                 .double_value(&[])
         };
         let (cond, uncond) = (mse(&y), mse(&null));
-        // Predicting zero gives MSE ≈ 1; a trained model does far better, and knowing the class helps.
+        eprintln!("t={t}: eps MSE conditional {cond:.5}, unconditional {uncond:.5}");
+        // Predicting zero gives MSE ≈ 1; a trained model does far better.
         assert!(cond < 0.35, "t={t}: conditional eps MSE {cond}");
-        assert!(
-            cond <= uncond * 1.02,
-            "t={t}: class should not hurt ({cond} vs {uncond})"
-        );
+        if t <= 500 {
+            // Where the image is still visible in x_t, knowing the class helps.
+            assert!(cond < uncond, "t={t}: class should help ({cond} vs {uncond})");
+        } else {
+            // At t = 900 x_t is almost pure noise, eps ≈ x_t, and both errors are ~1e-3: the class
+            // carries no information there, so only require that it does not hurt noticeably.
+            assert!(
+                cond <= uncond * 1.1,
+                "t={t}: class should not hurt ({cond} vs {uncond})"
+            );
+        }
     }
 }

@@ -41,7 +41,7 @@ impl Default for UNetConfig {
             in_channels: 1,
             image_size: 28,
             base_channels: 16,
-            channel_mult: vec![1, 2, 4],
+            channel_mult: vec![1, 2, 6],
             num_res_blocks: 1,
             attn_levels: vec![2],
             num_heads: 4,
