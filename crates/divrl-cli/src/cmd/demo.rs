@@ -16,7 +16,7 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over the preset (as `divrl finetune --config`)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Base checkpoint folder [default: models/fashion-mnist-base]
+    /// Base checkpoint folder [default: models/fashion-mnist-base-small, the base the RL preset was tuned on]
     #[arg(long)]
     pub base: Option<PathBuf>,
     #[command(flatten)]

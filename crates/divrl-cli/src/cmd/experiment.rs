@@ -28,7 +28,7 @@ pub struct Args {
     /// Output folder; rerunning with the same folder skips finished cells [default: runs/exp-<name>]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Base checkpoint [default: models/fashion-mnist-base; debias: models/fashion-mnist-skewed-base]
+    /// Base checkpoint [default: models/fashion-mnist-base-small; debias: models/fashion-mnist-skewed-base]
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Guidance scale of selection and debias [default: 4]

@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
 
-    /// Base checkpoint folder, or the diffusers folder for sd [default: models/fashion-mnist-base]
+    /// Base checkpoint folder, or the diffusers folder for sd [default: models/fashion-mnist-base-small]
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Run folder (log.jsonl, samples/, checkpoints/, lora.safetensors, merged/) [default: runs/finetune]

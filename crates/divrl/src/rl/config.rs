@@ -28,7 +28,7 @@ pub struct FinetuneConfig {
     /// sd: gradient checkpointing of the UNet in the PPO update (recompute each stage in the
     /// backward pass instead of keeping the whole graph).
     pub gradient_checkpointing: bool,
-    /// Base checkpoint folder (`config.toml` + `ema.safetensors`), e.g. models/fashion-mnist-base.
+    /// Base checkpoint folder (`config.toml` + `ema.safetensors`); default [`crate::rl::presets::RL_BASE`].
     pub base: PathBuf,
     /// Run folder: log, sample grids, checkpoints, exports.
     pub out: PathBuf,
@@ -149,7 +149,7 @@ impl Default for FinetuneConfig {
             resolution: 0,
             precision: "fp32".into(),
             gradient_checkpointing: false,
-            base: PathBuf::from("models/fashion-mnist-base"),
+            base: PathBuf::from(crate::rl::presets::RL_BASE),
             out: PathBuf::from("runs/finetune"),
             data: "fashion-mnist".into(),
             ref_per_class: 50,
