@@ -21,7 +21,7 @@ pub const RL_BASE: &str = "models/fashion-mnist-base-small";
 /// The base is [`RL_BASE`], the 687k-parameter model these settings were tuned and measured on. It
 /// collapses at guidance 4 (held-out Recall 0.117). On the larger, longer-trained
 /// `models/fashion-mnist-base` (Recall 0.238 at guidance 4) the same settings did not raise
-/// Recall in six runs (BENCHMARKS.md); pass `--base models/fashion-mnist-base` to use it anyway.
+/// Recall in ten runs (BENCHMARKS.md); pass `--base models/fashion-mnist-base` to use it anyway.
 fn common() -> FinetuneConfig {
     FinetuneConfig {
         base: PathBuf::from(RL_BASE),
