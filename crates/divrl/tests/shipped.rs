@@ -38,7 +38,10 @@ fn shipped_base_model_denoises_held_out_images() {
         assert!(cond < 0.35, "t={t}: conditional eps MSE {cond}");
         if t <= 500 {
             // Where the image is still visible in x_t, knowing the class helps.
-            assert!(cond < uncond, "t={t}: class should help ({cond} vs {uncond})");
+            assert!(
+                cond < uncond,
+                "t={t}: class should help ({cond} vs {uncond})"
+            );
         } else {
             // At t = 900 x_t is almost pure noise, eps ≈ x_t, and both errors are ~1e-3: the class
             // carries no information there, so only require that it does not hurt noticeably.
