@@ -1004,6 +1004,13 @@ fn ablation(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
         "M ∈ {2,3,5,7,10} with N = 50; N ∈ {5,30,50,70,100} with M = 5 (the M=5, N=50 cell is shared)".into(),
     ));
     let sizes = sizes_of(&base, &extra);
+    let plots = ablation_plots(&cells)?;
+    Ok((finish(ctx, sizes, cells, Vec::new())?, plots))
+}
+
+/// The ablation's plots: Recall and FID against M (at N = 50) and against N (at M = 5), the
+/// fine-tuned cells as markers and the baseline (`cells[0]`) as a flat line.
+fn ablation_plots(cells: &[CellResult]) -> Result<Vec<(String, String)>> {
     let pick =
         |key: &str, other: &str, other_v: &str, f: fn(&EvalReport) -> f64| -> Vec<(f64, f64)> {
             let mut p: Vec<(f64, f64)> = cells
@@ -1014,61 +1021,33 @@ fn ablation(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
             p.sort_by(|a, b| a.0.total_cmp(&b.0));
             p
         };
-    let base_line = |xs: &[f64], v: f64| -> Series {
-        Series::new("base model", xs.iter().map(|&x| (x, v)).collect())
-    };
-    let b = &cells[0].report;
-    let plots = vec![
-        (
-            "recall-vs-M".to_string(),
-            svg(
-                "Recall vs M (N = 50)",
-                "M",
-                "Recall",
-                vec![
-                    Series::new("fine-tuned", pick("M", "N", "50", |r| r.recall)).with_markers(),
-                    base_line(&[2.0, 10.0], b.recall),
-                ],
-            )?,
-        ),
-        (
-            "fid-vs-M".to_string(),
-            svg(
-                "FID vs M (N = 50)",
-                "M",
-                "FID",
-                vec![
-                    Series::new("fine-tuned", pick("M", "N", "50", |r| r.fid)).with_markers(),
-                    base_line(&[2.0, 10.0], b.fid),
-                ],
-            )?,
-        ),
-        (
-            "recall-vs-N".to_string(),
-            svg(
-                "Recall vs N (M = 5)",
-                "N",
-                "Recall",
-                vec![
-                    Series::new("fine-tuned", pick("N", "M", "5", |r| r.recall)).with_markers(),
-                    base_line(&[5.0, 100.0], b.recall),
-                ],
-            )?,
-        ),
-        (
-            "fid-vs-N".to_string(),
-            svg(
-                "FID vs N (M = 5)",
-                "N",
-                "FID",
-                vec![
-                    Series::new("fine-tuned", pick("N", "M", "5", |r| r.fid)).with_markers(),
-                    base_line(&[5.0, 100.0], b.fid),
-                ],
-            )?,
-        ),
-    ];
-    Ok((finish(ctx, sizes, cells, Vec::new())?, plots))
+    let b = &cells
+        .first()
+        .context("ablation without a baseline cell")?
+        .report;
+    // One plot per (sweep, metric): M swept at N = 50, then N swept at M = 5.
+    let sweeps = [("M", "N", "50", [2.0, 10.0]), ("N", "M", "5", [5.0, 100.0])];
+    type Metric = fn(&EvalReport) -> f64;
+    let metrics: [(&str, Metric); 2] = [("Recall", |r| r.recall), ("FID", |r| r.fid)];
+    let mut plots = Vec::new();
+    for (key, other, other_v, x_range) in sweeps {
+        for (metric, f) in metrics {
+            let base_line = x_range.iter().map(|&x| (x, f(b))).collect();
+            plots.push((
+                format!("{}-vs-{key}", metric.to_lowercase()),
+                svg(
+                    &format!("{metric} vs {key} ({other} = {other_v})"),
+                    key,
+                    metric,
+                    vec![
+                        Series::new("fine-tuned", pick(key, other, other_v, f)).with_markers(),
+                        Series::new("base model", base_line),
+                    ],
+                )?,
+            ));
+        }
+    }
+    Ok(plots)
 }
 
 #[cfg(test)]
@@ -1086,6 +1065,61 @@ mod tests {
         let bad: toml::Table = toml::from_str("no_such = 1").unwrap();
         let e = apply_overlay(base, Some(&bad)).unwrap_err();
         assert!(format!("{e:#}").contains("no_such"), "{e:#}");
+    }
+
+    #[test]
+    fn ablation_plots_one_per_sweep_and_metric() {
+        let report = |recall: f64, fid: f64| EvalReport {
+            extractor: "small".into(),
+            generated: 10,
+            reference: 20,
+            dim: 4,
+            k: 3,
+            fid,
+            precision: 0.5,
+            recall,
+            density: 1.0,
+            coverage: 0.5,
+            inception_score: None,
+            inception_score_std: None,
+            attribute: None,
+            attributes: Vec::new(),
+        };
+        let cell = |name: &str, m: &str, n: &str, epochs: usize, recall: f64| CellResult {
+            name: name.into(),
+            params: [("M", m), ("N", n)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            report: report(recall, 100.0 * recall),
+            epochs,
+            train_seconds: 0.0,
+            seconds: 0.0,
+            set_reward_first: None,
+            set_reward_last: None,
+        };
+        let cells = [
+            cell("baseline", "—", "—", 0, 0.1),
+            cell("M2-N50", "2", "50", 3, 0.2),
+            cell("M5-N50", "5", "50", 3, 0.3),
+            cell("M5-N5", "5", "5", 3, 0.4),
+        ];
+        let plots = ablation_plots(&cells).unwrap();
+        let names: Vec<&str> = plots.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["recall-vs-M", "fid-vs-M", "recall-vs-N", "fid-vs-N"]
+        );
+        for ((_, svg), title) in plots.iter().zip([
+            "Recall vs M (N = 50)",
+            "FID vs M (N = 50)",
+            "Recall vs N (M = 5)",
+            "FID vs N (M = 5)",
+        ]) {
+            assert!(svg.contains(title), "{title} missing");
+            assert!(svg.contains("base model") && svg.contains("fine-tuned"));
+        }
+        assert!(ablation_plots(&[]).is_err());
     }
 
     #[test]
