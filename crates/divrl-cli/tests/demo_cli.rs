@@ -277,3 +277,68 @@ fn debias_reports_attribute_kl_with_balanced_references() {
     );
     assert!(run_cfg.contains("balanced_reference = true"), "{run_cfg}");
 }
+
+#[test]
+fn diversity_experiment_reports_seeds_spaces_and_paired_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = write_tiny_data(d, 300);
+    let base = tiny_base(d, &data);
+    // pixels as ϕ would make the independent space the same network: use a coarser one.
+    let ov = overlay(
+        d,
+        &data,
+        "eval_independent = \"pixels\"\nsets_per_class = 2\n",
+    );
+    let out = d.join("div");
+    let run = || {
+        let mut c = divrl();
+        c.args(["experiment", "diversity", "--quick", "--seeds", "2"])
+            .args(["--base", base.to_str().unwrap()])
+            .args(["--config", ov.to_str().unwrap()])
+            .args(["--baseline", "w1=guidance = 1.0", "--double"])
+            .args(["--out", out.to_str().unwrap(), "--no-progress"]);
+        c
+    };
+    run_ok(&mut run());
+    let t = json(&out.join("table.json"));
+    let names: Vec<&str> = t["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["base-s1", "w1-s1", "rl-s1", "rl2x-s1", "base-s2", "w1-s2", "rl-s2", "rl2x-s2"]
+    );
+    let cell = |i: usize| &t["cells"][i];
+    // Every evaluation has the independent space and the pixel spread.
+    for i in 0..8 {
+        let r = &cell(i)["report"];
+        assert!(r["independent"]["recall"].as_f64().unwrap().is_finite());
+        assert!(r["pixel_within_class"]["ratio"].as_f64().unwrap() > 0.0);
+    }
+    // The 2× cell continued the 1× run: twice the epochs.
+    assert_eq!(cell(2)["epochs"].as_u64(), Some(2));
+    assert_eq!(cell(3)["epochs"].as_u64(), Some(4));
+    // Seeds differ (evaluation noise and fine-tuning), so do their base rows.
+    assert_ne!(cell(0)["report"], cell(4)["report"]);
+    let md = std::fs::read_to_string(out.join("table.md")).unwrap();
+    for needle in [
+        "Mean ± sd over seeds",
+        "Paired change",
+        "| rl-gp-mi-2x |",
+        "ind. Recall",
+    ] {
+        assert!(md.contains(needle), "{needle} missing in\n{md}");
+    }
+    // A rerun skips every finished cell.
+    let f = out.join("cells/rl2x-s2.json");
+    let before = std::fs::metadata(&f).unwrap().modified().unwrap();
+    run_ok(&mut run());
+    assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), before);
+    // A malformed baseline is one clear error.
+    let e = run_err(divrl().args(["experiment", "diversity", "--baseline", "nothing"]));
+    assert!(e.contains("NAME=KEY=VALUE"), "{e}");
+}

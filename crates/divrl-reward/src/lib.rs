@@ -24,6 +24,7 @@ pub mod linalg;
 pub mod metrics;
 mod reward;
 pub mod select;
+pub mod within_class;
 
 pub use error::{Error, Result};
 pub use features::Features;

@@ -78,6 +78,15 @@ pub struct EvalReport {
     /// Every attribute evaluated, in the order asked for.
     #[serde(default)]
     pub attributes: Vec<AttributeReport>,
+    /// The same metrics in a feature space the reward never used (FID-Inception pool3, or raw
+    /// pixels), against the same held-out images: a gain that shows only in the reward's ϕ may be
+    /// the policy gaming ϕ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub independent: Option<Box<EvalReport>>,
+    /// Mean within-class pairwise pixel distance of the generated images against the held-out real
+    /// images of the same classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_within_class: Option<divrl_reward::within_class::WithinClass>,
 }
 
 /// Metrics of generated vs reference features (`[M, D]`, `[N, D]`), with IS from the generated
@@ -118,6 +127,8 @@ pub fn evaluate(
         inception_score_std: is_std,
         attributes: attribute.iter().cloned().collect(),
         attribute,
+        independent: None,
+        pixel_within_class: None,
     })
 }
 
@@ -142,6 +153,12 @@ impl EvalReport {
         } else {
             &self.attributes
         };
+        if let Some(w) = &self.pixel_within_class {
+            s += &format!(
+                "within-class pixel distance {:.4} (real {:.4}, ratio {:.4} over {} classes)\n",
+                w.generated, w.real, w.ratio, w.classes
+            );
+        }
         for a in attrs {
             let total: u64 = a.counts.iter().sum();
             s += &format!(
@@ -156,6 +173,10 @@ impl EvalReport {
                     *c as f64 / total.max(1) as f64
                 );
             }
+        }
+        if let Some(ind) = &self.independent {
+            s += "independent space: ";
+            s += &ind.table();
         }
         s
     }

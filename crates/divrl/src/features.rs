@@ -92,6 +92,22 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// SHA-256 of a tensor's shape and f32 values (a cache key for images held in memory).
+pub fn tensor_content_hash(t: &Tensor) -> Result<String> {
+    let v: Vec<f32> = Vec::<f32>::try_from(
+        &t.to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .view([-1]),
+    )?;
+    let mut h = Sha256::new();
+    h.update(format!("{:?}", t.size()).as_bytes());
+    for x in v {
+        h.update(x.to_le_bytes());
+    }
+    Ok(hex(&h.finalize()))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -545,3 +545,125 @@ fn ppo_update_equals_a_hand_written_clipped_step() {
         "the updates differ by {diff} (step {moved})"
     );
 }
+
+#[test]
+fn each_generated_set_is_scored_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_run_cfg(dir.path());
+    cfg.sets_per_class = 2;
+    cfg.reward = RewardKind::GpMi;
+    let refs = two_mode_refs(64, 3);
+    let ft = Finetuner::new(cfg, tiny_model(11), pixels(), refs.clone(), None).unwrap();
+    let mut ft = ft;
+    let roll = ft.sample_rollout().unwrap();
+    assert_eq!(roll.conditions.len(), 3 * 2 * 4);
+    assert_eq!(roll.sets.len(), roll.conditions.len());
+    let scores = ft.score(&roll).unwrap();
+    // Recompute every set by hand: its 4 images' features against its class's references.
+    let (feats, _) = ft.features(&roll.traj.images()).unwrap();
+    let all = divrl::features::to_features("f", &feats).unwrap();
+    let spec = divrl_reward::RewardSpec::new(RewardKind::GpMi);
+    for c in 0..3i64 {
+        let reward = divrl_reward::DiversityReward::new(&spec, refs[&c].clone()).unwrap();
+        let mut set_sum = 0.0;
+        for s in 0..2 {
+            let idx: Vec<usize> = (0..roll.sets.len())
+                .filter(|&i| roll.sets[i] == (c as usize) * 2 + s)
+                .collect();
+            assert_eq!(idx.len(), 4);
+            assert!(idx.iter().all(|&i| roll.conditions[i] == c));
+            let out = reward.evaluate(&all.select_rows(&idx)).unwrap();
+            for (j, &i) in idx.iter().enumerate() {
+                assert!((scores.rewards[i] - out.individual[j]).abs() < 1e-12);
+            }
+            set_sum += out.set_reward;
+        }
+        assert!((scores.set_rewards[&c] - set_sum / 2.0).abs() < 1e-12);
+    }
+    // One set of 8 would give other per-image rewards: the sets really are separate.
+    let idx: Vec<usize> = (0..8).collect();
+    let reward = divrl_reward::DiversityReward::new(&spec, refs[&0].clone()).unwrap();
+    let joint = reward.evaluate(&all.select_rows(&idx)).unwrap();
+    assert!((joint.individual[0] - scores.rewards[0]).abs() > 1e-9);
+}
+
+#[test]
+fn diagnostics_do_not_change_training_and_chain_across_epochs() {
+    let run = |diagnostics: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tiny_run_cfg(dir.path());
+        cfg.diagnostics = diagnostics;
+        cfg.full_finetune = true;
+        cfg.clip_range = 0.2;
+        cfg.lr = 1e-3;
+        let mut ft =
+            Finetuner::new(cfg, tiny_model(12), pixels(), two_mode_refs(64, 3), None).unwrap();
+        let logs: Vec<_> = (0..2).map(|_| ft.step_epoch().unwrap().0).collect();
+        (snapshot(ft.trainable()), logs)
+    };
+    let (w_plain, plain) = run(false);
+    let (w_diag, diag) = run(true);
+    assert_eq!(
+        max_change(&w_plain, &w_diag),
+        0.0,
+        "diagnostics moved the weights"
+    );
+    assert!(plain.iter().all(|l| l.diagnostics.is_none()));
+    let d: Vec<_> = diag
+        .iter()
+        .map(|l| l.diagnostics.clone().unwrap())
+        .collect();
+    // The fixed noise is the same every epoch: after epoch 1 = before epoch 2.
+    assert_eq!(d[0].fixed_set_reward_after, d[1].fixed_set_reward_before);
+    for x in &d {
+        assert!((-1.0..=1.0).contains(&x.adv_logp_corr), "{x:?}");
+        assert!(x.logp_change_abs_mean > 0.0, "{x:?}");
+        // A policy-gradient step makes the images with positive advantages more likely.
+        assert!(x.adv_logp_corr > 0.2, "{x:?}");
+    }
+}
+
+#[test]
+fn evaluation_reports_an_independent_space_and_pixel_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_run_cfg(dir.path());
+    // Held-out "real" images: per class, a dark and a bright 8×8 image.
+    let real = Tensor::cat(
+        &[
+            Tensor::full([3, 1, 8, 8], 0.2, (Kind::Float, Device::Cpu)),
+            Tensor::full([3, 1, 8, 8], 0.8, (Kind::Float, Device::Cpu)),
+        ],
+        0,
+    );
+    let labels: Vec<i64> = vec![0, 1, 2, 0, 1, 2];
+    let phi_real = pixels().forward(&real).unwrap().features;
+    let ind = Box::new(PixelExtractor::new(4, 1).unwrap());
+    let ind_real = ind.forward(&real).unwrap().features;
+    let eval = divrl::rl::trainer::EvalSet {
+        features: phi_real,
+        attribute: false,
+        independent: Some((ind, ind_real)),
+        pixels: Some((
+            divrl::rl::trainer::pixel_rows(&real, false).unwrap(),
+            labels,
+        )),
+    };
+    let ft = Finetuner::new(
+        cfg,
+        tiny_model(13),
+        pixels(),
+        two_mode_refs(64, 3),
+        Some(eval),
+    )
+    .unwrap();
+    let images = ft.eval_images(4, 2.0).unwrap();
+    let r = ft.evaluate_images(&images).unwrap();
+    let ind = r.independent.as_ref().expect("independent space");
+    assert_eq!(ind.dim, 16);
+    assert_eq!(r.dim, 64);
+    let w = r.pixel_within_class.as_ref().expect("pixel spread");
+    assert_eq!(w.classes, 3);
+    // Real spread per class: |0.8 - 0.2| · 8 over 64 pixels = 4.8.
+    assert!((w.real - 4.8).abs() < 1e-5, "{w:?}");
+    assert!(w.generated > 0.0 && w.ratio > 0.0 && w.ratio.is_finite());
+}

@@ -16,6 +16,9 @@ pub enum Which {
     Debias,
     /// M in {2,3,5,7,10} with N = 50, N in {5,30,50,70,100} with M = 5
     Ablation,
+    /// Base vs training-free sampler baselines vs RL over several seeds, in ϕ and in a space
+    /// the reward never saw (FID-Inception), with mean ± sd and every seed's row
+    Diversity,
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,11 +46,25 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over every cell's preset
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Diversity: independent seeds (base noise and fine-tuning) [default: 3, quick 2]
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Diversity: a training-free sampler baseline evaluated beside the base, as
+    /// NAME=KEY=VALUE[;KEY=VALUE...] over the run config's sampler fields (repeatable)
+    #[arg(long = "baseline", value_parser = parse_baseline)]
+    pub baselines: Vec<divrl::experiment::diversity::SamplerBaseline>,
+    /// Diversity: continue each fine-tuning to twice its epochs and evaluate again
+    #[arg(long)]
+    pub double: bool,
     #[command(flatten)]
     pub compute: super::ComputeOverrides,
     /// No progress bar
     #[arg(long)]
     pub no_progress: bool,
+}
+
+fn parse_baseline(s: &str) -> Result<divrl::experiment::diversity::SamplerBaseline, String> {
+    divrl::experiment::diversity::parse_baseline(s).map_err(|e| format!("{e:#}"))
 }
 
 /// The process's command line, for reports.
@@ -80,7 +97,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Guidance => ExperimentKind::Guidance,
         Which::Debias => ExperimentKind::Debias,
         Which::Ablation => ExperimentKind::Ablation,
+        Which::Diversity => ExperimentKind::Diversity,
     };
+    if kind != ExperimentKind::Diversity
+        && (args.seeds.is_some() || !args.baselines.is_empty() || args.double)
+    {
+        anyhow::bail!("--seeds, --baseline and --double belong to `experiment diversity`");
+    }
     let opts = ExperimentOptions {
         kind,
         out: args.out.unwrap_or_else(|| {
@@ -100,6 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device: args.compute.device,
         threads: args.compute.threads,
         command: command_line(),
+        seeds: args.seeds,
+        sampler_baselines: args.baselines,
+        double: args.double,
     };
     let done = run_experiment(&opts)?;
     eprint!("{}", done.markdown);

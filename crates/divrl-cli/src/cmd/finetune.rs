@@ -62,9 +62,12 @@ pub struct Args {
     /// Conditions per epoch, 0 = all [default: 0]
     #[arg(long)]
     pub classes_per_epoch: Option<usize>,
-    /// M: images per condition and epoch [default: 5]
+    /// M: images in each generated set the reward scores [default: 5]
     #[arg(long)]
     pub images_per_class: Option<usize>,
+    /// K: generated sets of M per condition and epoch, each scored on its own [default: 1]
+    #[arg(long)]
+    pub sets_per_class: Option<usize>,
     /// Feature network ϕ: small, inception or pixels [default: small]
     #[arg(long)]
     pub extractor: Option<String>,
@@ -192,6 +195,14 @@ pub struct Args {
     /// Generated images per condition for evaluation [default: 50]
     #[arg(long)]
     pub eval_per_class: Option<usize>,
+    /// Second evaluation feature network the reward never uses: inception, small or pixels
+    /// [default: none]
+    #[arg(long)]
+    pub eval_independent: Option<String>,
+    /// Log per-epoch diagnostics: advantage vs log-prob-change correlation, fixed-noise set
+    /// reward before and after each update [default: false]
+    #[arg(long)]
+    pub diagnostics: Option<bool>,
     #[command(flatten)]
     pub compute: super::ComputeOverrides,
 }
@@ -212,13 +223,13 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
     };
     apply!(args, cfg;
         plain: prompts, references, resolution, precision, gradient_checkpointing, base, out, data,
-            ref_per_class, balanced_reference, classes, classes_per_epoch, images_per_class,
+            ref_per_class, balanced_reference, classes, classes_per_epoch, images_per_class, sets_per_class,
             extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
             timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
             lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,
             lora_alpha, lora_targets, full_finetune, seed, checkpoint_every, keep_checkpoints,
-            sample_every, eval_every, eval_per_class;
+            sample_every, eval_every, eval_per_class, eval_independent, diagnostics;
         optional: extractor_weights, degree, gamma, coef0, sigma);
     args.compute.apply(&mut cfg.device, &mut cfg.threads);
     cfg.validate()?;

@@ -44,8 +44,11 @@ pub struct FinetuneConfig {
     pub classes: Vec<i64>,
     /// Conditions sampled per epoch (a seeded draw without replacement); 0 = all of them.
     pub classes_per_epoch: usize,
-    /// M: images sampled per condition and epoch (the generated set X_g).
+    /// M: images in each generated set X_g (the set the Diversity Reward scores).
     pub images_per_class: usize,
+    /// K: generated sets of M images per condition and epoch, each scored on its own, so an
+    /// epoch has K·M trajectories per condition while the reward keeps the paper's M.
+    pub sets_per_class: usize,
     /// Feature network ϕ: `small` (Fashion-MNIST classifier), `inception`, or `pixels`.
     pub extractor: String,
     /// Weights of ϕ (classifier folder / TorchScript archive); default the shipped ones.
@@ -133,6 +136,12 @@ pub struct FinetuneConfig {
     pub eval_every: usize,
     /// Images generated per condition for evaluation.
     pub eval_per_class: usize,
+    /// A second feature network for the held-out evaluation that the reward never uses
+    /// (`inception`, `small`, `pixels`; empty = none). Its metrics appear as `independent`.
+    pub eval_independent: String,
+    /// Log per-epoch diagnostics of the policy-gradient signal (costs one replay of the
+    /// rollout and one fixed-noise sample per epoch): see [`crate::rl::trainer::Diagnostics`].
+    pub diagnostics: bool,
     /// cpu, cuda, cuda:N or auto.
     pub device: String,
     /// libtorch CPU threads (0 = one per core).
@@ -157,6 +166,7 @@ impl Default for FinetuneConfig {
             classes: Vec::new(),
             classes_per_epoch: 0,
             images_per_class: 5,
+            sets_per_class: 1,
             extractor: "small".into(),
             extractor_weights: None,
             reward: RewardKind::Mmd,
@@ -199,6 +209,8 @@ impl Default for FinetuneConfig {
             sample_every: 5,
             eval_every: 0,
             eval_per_class: 50,
+            eval_independent: String::new(),
+            diagnostics: false,
             device: "auto".into(),
             threads: 0,
         }
@@ -308,6 +320,8 @@ impl FinetuneConfig {
             sample_every: d.sample_every,
             eval_every: d.eval_every,
             eval_per_class: d.eval_per_class,
+            eval_independent: d.eval_independent,
+            diagnostics: d.diagnostics,
             device: d.device,
             threads: d.threads,
             ..self.clone()
@@ -328,6 +342,17 @@ impl FinetuneConfig {
         }
         if self.images_per_class == 0 {
             bail!("images_per_class must be >= 1");
+        }
+        if self.sets_per_class == 0 {
+            bail!("sets_per_class must be >= 1");
+        }
+        if !["", "inception", "inception-native", "small", "pixels"]
+            .contains(&self.eval_independent.as_str())
+        {
+            bail!(
+                "eval_independent must be inception, inception-native, small, pixels or empty, got {:?}",
+                self.eval_independent
+            );
         }
         if self.ref_per_class == 0 {
             bail!("ref_per_class must be >= 1");
@@ -432,6 +457,9 @@ impl FinetuneConfig {
         }
         if !self.classes.is_empty() {
             bail!("model sd takes prompts, not classes");
+        }
+        if self.sets_per_class != 1 || self.diagnostics {
+            bail!("sets_per_class > 1 and diagnostics are implemented for model unet only");
         }
         Ok(())
     }

@@ -90,3 +90,22 @@ pub fn experiment(reward: RewardKind, guidance: f64, quick: bool) -> FinetuneCon
         ..c
     }
 }
+
+/// `divrl experiment diversity`: RL fine-tuning of the shipped 1.33M-parameter base
+/// (`models/fashion-mnist-base`) at guidance 4 with the GP-MI reward, K = 5 generated sets of the
+/// paper's M = 5 per class and epoch (250 trajectories an epoch: at 50, BENCHMARKS.md's runs were
+/// a random walk), evaluated on 50 images per class in ϕ and in the FID-Inception space.
+/// Quick: 2 epochs, 2 sets, 10 evaluation images per class and pixels as the independent space.
+pub fn diversity(quick: bool) -> FinetuneConfig {
+    let c = common();
+    FinetuneConfig {
+        base: PathBuf::from("models/fashion-mnist-base"),
+        reward: RewardKind::GpMi,
+        sets_per_class: if quick { 2 } else { 5 },
+        epochs: if quick { 2 } else { 20 },
+        eval_every: 0,
+        eval_per_class: if quick { 10 } else { 50 },
+        eval_independent: if quick { "pixels" } else { "inception" }.into(),
+        ..c
+    }
+}

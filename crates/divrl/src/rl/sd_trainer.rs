@@ -186,9 +186,12 @@ impl SdFinetuner {
                 sampler,
             }
         };
+        // One set of M per prompt (sets_per_class > 1 is rejected for model sd).
+        let sets = (0..labels.len()).map(|i| i / m).collect();
         Ok(Rollout {
             traj,
             conditions: labels,
+            sets,
         })
     }
 
@@ -311,6 +314,7 @@ impl SdFinetuner {
             images: n,
             images_per_s: n as f64 / secs.max(1e-9),
             seconds: secs,
+            diagnostics: None,
         };
         Ok((log, images))
     }

@@ -72,6 +72,29 @@ pub fn reference_features(
     Ok(references)
 }
 
+/// Features of `images` (`[0, 1]`) under `ext`, through the on-disk feature cache
+/// ([`crate::features::FeatureCache`]) keyed by the images' content: the held-out set's
+/// Inception features cost minutes on a CPU and never change.
+fn cached_features(
+    ext: &dyn Extractor,
+    images: &tch::Tensor,
+    progress: bool,
+) -> Result<tch::Tensor> {
+    let cache = crate::features::FeatureCache::new(crate::features::FeatureCache::default_dir());
+    let key = crate::features::FeatureCache::key(
+        &crate::features::tensor_content_hash(images)?,
+        ext.fingerprint(),
+    );
+    if let Some(hit) = cache.get(&key) {
+        if hit.features.size()[1] == ext.dim() {
+            return Ok(hit.features);
+        }
+    }
+    let out = crate::features::extract(ext, images, 0, progress)?;
+    cache.put(&key, &out)?;
+    Ok(out.features.to_kind(Kind::Float))
+}
+
 /// Loads everything `cfg` names and binds it into a [`Finetuner`] (not resumed). The
 /// evaluation set is loaded when `with_eval` or `cfg.eval_every > 0`. Sets the libtorch thread
 /// count from `cfg.threads`.
@@ -109,11 +132,23 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
         let idx: Vec<usize> = (0..splits.eval.len())
             .filter(|&i| classes.contains(&splits.eval.labels[i]))
             .collect();
-        let imgs = splits.eval.subset(&idx).images;
-        let f = crate::features::extract(phi.as_ref(), &imgs, 0, progress)?;
+        let subset = splits.eval.subset(&idx);
+        let f = crate::features::extract(phi.as_ref(), &subset.images, 0, progress)?;
+        let independent = if cfg.eval_independent.is_empty() {
+            None
+        } else {
+            let ext = super::phi::load_phi(&cfg.eval_independent, None, device)?;
+            let real = cached_features(ext.as_ref(), &subset.images, progress)?;
+            Some((ext, real))
+        };
         Some(EvalSet {
             features: f.features.to_kind(Kind::Float),
             attribute: splits.eval.attributes.is_some(),
+            independent,
+            pixels: Some((
+                super::trainer::pixel_rows(&subset.images, false)?,
+                subset.labels.clone(),
+            )),
         })
     } else {
         None

@@ -55,13 +55,30 @@ pub struct EvalSet {
     pub features: Tensor,
     /// Report the inversion attribute's histogram and KL to uniform (skewed variant).
     pub attribute: bool,
+    /// A second feature network the reward never uses, with the held-out images' features in
+    /// its space (`eval_independent`).
+    pub independent: Option<(Box<dyn Extractor>, Tensor)>,
+    /// The held-out images as flattened pixels in `[0, 1]` with their classes, for the
+    /// within-class pixel distance.
+    pub pixels: Option<(Features, Vec<i64>)>,
 }
 
-/// One epoch's samples: a single trajectory batch, `images_per_class` per condition.
+/// Images flattened to rows of pixels in `[0, 1]` (`[-1, 1]` input when `signed`).
+pub fn pixel_rows(images: &Tensor, signed: bool) -> Result<Features> {
+    let x = images.to_device(Device::Cpu).to_kind(Kind::Float);
+    let x = if signed { (x + 1.0) / 2.0 } else { x };
+    to_features("pixels", &x.clamp(0.0, 1.0).flatten(1, -1))
+}
+
+/// One epoch's samples: a single trajectory batch, `sets_per_class` sets of `images_per_class`
+/// per condition.
 pub struct Rollout {
     pub traj: Trajectory,
     /// Condition of each sample.
     pub conditions: Vec<i64>,
+    /// Generated set of each sample (0, 1, …; each set holds M samples of one condition and is
+    /// scored as one X_g).
+    pub sets: Vec<usize>,
 }
 
 /// Rewards of a rollout.
@@ -91,6 +108,24 @@ pub struct EpochLog {
     pub images: usize,
     pub images_per_s: f64,
     pub seconds: f64,
+    /// Where the signal is lost (`diagnostics = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<Diagnostics>,
+}
+
+/// Per-epoch diagnostics of the policy gradient's signal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Diagnostics {
+    /// Pearson correlation, over the epoch's trajectories, between an image's advantage and the
+    /// change of its log-probability (mean over its trained transitions) caused by the update.
+    /// Positive: the update made high-advantage images more likely, as it should.
+    pub adv_logp_corr: f64,
+    /// Mean absolute per-transition log-probability change of the update.
+    pub logp_change_abs_mean: f64,
+    /// Mean set reward of `images_per_class` fresh samples per condition from fixed noise (the
+    /// same every epoch), before and after this epoch's update.
+    pub fixed_set_reward_before: f64,
+    pub fixed_set_reward_after: f64,
 }
 
 /// An evaluation line of `log.jsonl`.
@@ -140,6 +175,8 @@ pub struct Finetuner {
     device: Device,
     last_checkpoint: Option<PathBuf>,
     log_lines: Vec<String>,
+    /// Fixed-noise set reward of the current weights (diagnostics), if known.
+    fixed_set_reward: Option<f64>,
 }
 
 /// The class-conditional UNet replays a transition with the batched guided ε of
@@ -263,6 +300,7 @@ impl Finetuner {
             device,
             last_checkpoint: None,
             log_lines: Vec::new(),
+            fixed_set_reward: None,
         })
     }
 
@@ -286,10 +324,12 @@ impl Finetuner {
             conds.sort_unstable();
         }
         let m = self.cfg.images_per_class;
+        let k = self.cfg.sets_per_class.max(1);
         let labels: Vec<i64> = conds
             .iter()
-            .flat_map(|&c| std::iter::repeat_n(c, m))
+            .flat_map(|&c| std::iter::repeat_n(c, m * k))
             .collect();
+        let sets: Vec<usize> = (0..labels.len()).map(|i| i / m).collect();
         let chunk = match self.cfg.sample_batch_size {
             0 => labels.len(),
             n => n,
@@ -322,6 +362,7 @@ impl Finetuner {
         Ok(Rollout {
             traj,
             conditions: labels,
+            sets,
         })
     }
 
@@ -345,13 +386,17 @@ impl Finetuner {
         let all = to_features("generated features", &feats)
             .map_err(|e| anyhow::anyhow!("non-finite reward: {e}"))?;
         let mut rewards = vec![0.0; roll.conditions.len()];
-        let mut set_rewards = BTreeMap::new();
-        let mut conds = roll.conditions.clone();
-        conds.dedup();
-        for c in conds {
-            let idx: Vec<usize> = (0..roll.conditions.len())
-                .filter(|&i| roll.conditions[i] == c)
+        let mut set_sums: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+        let mut sets = roll.sets.clone();
+        sets.dedup();
+        for s in sets {
+            let idx: Vec<usize> = (0..roll.sets.len())
+                .filter(|&i| roll.sets[i] == s)
                 .collect();
+            let c = roll.conditions[idx[0]];
+            if idx.iter().any(|&i| roll.conditions[i] != c) {
+                bail!("generated set {s} mixes conditions");
+            }
             let out = self.rewards[&c]
                 .evaluate(&all.select_rows(&idx))
                 .with_context(|| format!("reward of class {c}"))?;
@@ -365,8 +410,15 @@ impl Finetuner {
             for (j, &i) in idx.iter().enumerate() {
                 rewards[i] = out.individual[j] * self.cfg.reward_scale;
             }
-            set_rewards.insert(c, out.set_reward);
+            let e = set_sums.entry(c).or_insert((0.0, 0));
+            e.0 += out.set_reward;
+            e.1 += 1;
         }
+        // A condition's set reward is the mean over its sets.
+        let set_rewards = set_sums
+            .into_iter()
+            .map(|(c, (sum, n))| (c, sum / n as f64))
+            .collect();
         Ok(Scores {
             rewards,
             set_rewards,
@@ -395,8 +447,81 @@ impl Finetuner {
         )
     }
 
+    /// Mean set reward of `images_per_class` samples per condition from noise that is the same
+    /// every epoch (a function of the seed only): how the current weights score, free of the
+    /// rollout's sampling noise. Draws nothing from the run's RNG stream.
+    pub fn fixed_noise_set_reward(&self) -> Result<f64> {
+        let m = self.cfg.images_per_class;
+        let labels: Vec<i64> = self
+            .classes
+            .iter()
+            .flat_map(|&c| std::iter::repeat_n(c, m))
+            .collect();
+        let y = Tensor::from_slice(&labels).to_device(self.device);
+        let seed = self.cfg.seed ^ 0xF1ED_0000_0000_0001;
+        let traj = sample_trajectory(
+            &self.unet,
+            &self.sched,
+            &self.cfg.sampler_config(),
+            &y,
+            self.image_shape(),
+            seed,
+        )?;
+        let (feats, _) = self.features(&traj.images())?;
+        let all = to_features("generated features", &feats)?;
+        let mut sum = 0.0;
+        for (j, &c) in self.classes.iter().enumerate() {
+            let idx: Vec<usize> = (j * m..(j + 1) * m).collect();
+            let out = self.rewards[&c]
+                .evaluate(&all.select_rows(&idx))
+                .with_context(|| format!("fixed-noise reward of class {c}"))?;
+            sum += out.set_reward;
+        }
+        Ok(sum / self.classes.len() as f64)
+    }
+
+    /// After an update: the correlation between each trajectory's advantage and the change of
+    /// its log-probability (mean over its trainable transitions), and the mean absolute change.
+    pub fn log_prob_change(&self, roll: &Rollout, advantages: &[f64]) -> Result<(f64, f64)> {
+        let traj = &roll.traj;
+        let n = roll.conditions.len();
+        let k = traj
+            .num_steps()
+            .saturating_sub(self.cfg.skip_final_steps)
+            .max(1);
+        let sampler = &traj.sampler;
+        let mut delta = vec![0.0f64; n];
+        let mut abs_sum = 0.0;
+        let chunk = 100usize;
+        tch::no_grad(|| -> Result<()> {
+            for step in 0..k {
+                for start in (0..n).step_by(chunk) {
+                    let samples: Vec<usize> = (start..(start + chunk).min(n)).collect();
+                    let steps = vec![step; samples.len()];
+                    let sb = StepBatch::gather(&self.sched, traj, &samples, &steps);
+                    let (mean, std) = StepPolicy::gaussian(&self.unet, &sb, sampler);
+                    let lp =
+                        super::policy::gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
+                    let d = (lp - sb.old_log_probs(traj)).to_kind(Kind::Double);
+                    let d: Vec<f64> = Vec::<f64>::try_from(&d.to_device(Device::Cpu))?;
+                    for (&i, v) in samples.iter().zip(d) {
+                        delta[i] += v / k as f64;
+                        abs_sum += v.abs();
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok((pearson(advantages, &delta), abs_sum / (n * k) as f64))
+    }
+
     /// One iteration of Algorithm 1's loop. Returns the log line and the epoch's images.
     pub fn step_epoch(&mut self) -> Result<(EpochLog, Tensor)> {
+        let fixed_before = match (self.cfg.diagnostics, self.fixed_set_reward) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r),
+            (true, None) => Some(self.fixed_noise_set_reward()?),
+        };
         let t0 = Instant::now();
         let roll = self.sample_rollout()?;
         let scores = self.score(&roll)?;
@@ -406,6 +531,21 @@ impl Finetuner {
         self.epoch += 1;
         let secs = t0.elapsed().as_secs_f64();
         self.train_seconds += secs;
+        // Diagnostics cost extra forward passes; they are timed outside the epoch.
+        let diagnostics = match fixed_before {
+            Some(before) => {
+                let (corr, change) = self.log_prob_change(&roll, &adv)?;
+                let after = self.fixed_noise_set_reward()?;
+                self.fixed_set_reward = Some(after);
+                Some(Diagnostics {
+                    adv_logp_corr: corr,
+                    logp_change_abs_mean: change,
+                    fixed_set_reward_before: before,
+                    fixed_set_reward_after: after,
+                })
+            }
+            None => None,
+        };
         let n = roll.conditions.len();
         self.images_seen += n as u64;
         let (rm, rs) = mean_std(&scores.rewards);
@@ -433,6 +573,7 @@ impl Finetuner {
             images: n,
             images_per_s: n as f64 / secs.max(1e-9),
             seconds: secs,
+            diagnostics,
         };
         Ok((log, roll.traj.images()))
     }
@@ -483,6 +624,10 @@ impl Finetuner {
     pub fn evaluate_images(&self, images: &Tensor) -> Result<EvalReport> {
         let ev = self.eval.as_ref().context("no evaluation set was given")?;
         let (feats, logits) = self.features(images)?;
+        // Image i of the evaluation set has condition classes[i % classes.len()].
+        let labels: Vec<i64> = (0..images.size()[0] as usize)
+            .map(|i| self.classes[i % self.classes.len()])
+            .collect();
         let attribute = if ev.attribute {
             let x01 = ((images + 1.0) / 2.0).clamp(0.0, 1.0);
             let a = crate::data::inversion_oracle(&x01)?;
@@ -495,14 +640,38 @@ impl Finetuner {
         } else {
             None
         };
-        crate::eval::evaluate(
+        let mut report = crate::eval::evaluate(
             self.phi.name(),
             &feats,
             &ev.features,
             logits.as_ref(),
             attribute,
             EvalOptions::default(),
-        )
+        )?;
+        if let Some((ext, real)) = &ev.independent {
+            let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
+            let e = tch::no_grad(|| extract(ext.as_ref(), &x01, 0, false))?;
+            let mut ind = crate::eval::evaluate(
+                ext.name(),
+                &e.features,
+                real,
+                e.logits.as_ref(),
+                None,
+                EvalOptions::default(),
+            )?;
+            ind.attribute = None;
+            report.independent = Some(Box::new(ind));
+        }
+        if let Some((real, real_labels)) = &ev.pixels {
+            let gen = pixel_rows(images, true)?;
+            report.pixel_within_class = Some(divrl_reward::within_class::within_class(
+                &gen,
+                &labels,
+                real,
+                real_labels,
+            )?);
+        }
+        Ok(report)
     }
 
     /// The held-out real features, when an evaluation set was given.
@@ -790,6 +959,22 @@ impl Finetuner {
         write_toml(&dir.join(CONFIG_FILE), &self.base_config)?;
         Ok(())
     }
+}
+
+/// Pearson correlation of two equally long series (0 when either is constant).
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let (ma, sa) = mean_std(a);
+    let (mb, sb) = mean_std(b);
+    if a.is_empty() || sa <= 0.0 || sb <= 0.0 {
+        return 0.0;
+    }
+    let cov = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - ma) * (y - mb))
+        .sum::<f64>()
+        / a.len() as f64;
+    cov / (sa * sb)
 }
 
 /// Reads a run's `config.toml` back.

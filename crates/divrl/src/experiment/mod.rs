@@ -31,6 +31,8 @@ use crate::features::to_features;
 use crate::rl::{build_finetuner, presets, FinetuneConfig};
 use crate::rng::SplitMix64;
 
+pub mod diversity;
+
 /// Which experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,6 +41,7 @@ pub enum ExperimentKind {
     Guidance,
     Debias,
     Ablation,
+    Diversity,
 }
 
 impl ExperimentKind {
@@ -48,6 +51,7 @@ impl ExperimentKind {
             Self::Guidance => "guidance",
             Self::Debias => "debias",
             Self::Ablation => "ablation",
+            Self::Diversity => "diversity",
         }
     }
 }
@@ -73,6 +77,12 @@ pub struct ExperimentOptions {
     pub threads: Option<usize>,
     /// The command line, for the report.
     pub command: String,
+    /// Diversity: independent fine-tuning seeds (default 3, quick 2).
+    pub seeds: Option<usize>,
+    /// Diversity: training-free sampler baselines evaluated beside the base on the same noise.
+    pub sampler_baselines: Vec<diversity::SamplerBaseline>,
+    /// Diversity: continue every run to twice its epochs and evaluate again (collapse check).
+    pub double: bool,
 }
 
 /// One finished cell.
@@ -261,6 +271,18 @@ impl Ctx<'_> {
         &self,
         name: &str,
         params: &[(&str, String)],
+        cfg: FinetuneConfig,
+    ) -> Result<CellResult> {
+        self.finetune_in(name, name, params, cfg)
+    }
+
+    /// [`Ctx::finetune`] in the run folder `cells/<run>/`, which several cells may share: a cell
+    /// with more epochs continues the run of one with fewer.
+    fn finetune_in(
+        &self,
+        name: &str,
+        run: &str,
+        params: &[(&str, String)],
         mut cfg: FinetuneConfig,
     ) -> Result<CellResult> {
         let p = self.cell_json(name);
@@ -269,7 +291,7 @@ impl Ctx<'_> {
             return read_json(&p);
         }
         let t0 = Instant::now();
-        cfg.out = self.cells_dir.join(name);
+        cfg.out = self.cells_dir.join(run);
         cfg.eval_every = 0;
         let mut t = build_finetuner(&cfg, true, false)?;
         t.resume()?;
@@ -325,6 +347,7 @@ pub fn run_experiment(opts: &ExperimentOptions) -> Result<ExperimentOutcome> {
         ExperimentKind::Guidance => guidance(&ctx)?,
         ExperimentKind::Debias => debias(&ctx)?,
         ExperimentKind::Ablation => ablation(&ctx)?,
+        ExperimentKind::Diversity => diversity::diversity(&ctx)?,
     };
     ctx.pb.finish_and_clear();
     let md = markdown(&table);
@@ -356,7 +379,13 @@ pub fn run_experiment(opts: &ExperimentOptions) -> Result<ExperimentOutcome> {
             .map(|(k, v)| format!("{k}: {v}"))
             .collect(),
     ));
-    r.push(Block::Table(result_table(&table)));
+    if table.experiment == "diversity" {
+        for t in diversity::tables(&table.cells) {
+            r.push(Block::Table(t));
+        }
+    } else {
+        r.push(Block::Table(result_table(&table)));
+    }
     r.push(Block::Plots(plots.into_iter().map(|(_, s)| s).collect()));
     r.push(Block::Details {
         summary: "table.json".into(),
@@ -446,7 +475,14 @@ fn markdown(t: &ExperimentTable) -> String {
         s += &format!("- {k}: {v}\n");
     }
     s.push('\n');
-    s += &result_table(t).markdown();
+    if t.experiment == "diversity" {
+        for table in diversity::tables(&t.cells) {
+            s += &table.markdown();
+            s.push('\n');
+        }
+    } else {
+        s += &result_table(t).markdown();
+    }
     s
 }
 
@@ -1084,6 +1120,8 @@ mod tests {
             inception_score_std: None,
             attribute: None,
             attributes: Vec::new(),
+            independent: None,
+            pixel_within_class: None,
         };
         let cell = |name: &str, m: &str, n: &str, epochs: usize, recall: f64| CellResult {
             name: name.into(),

@@ -1,0 +1,320 @@
+//! `divrl experiment diversity`: does fine-tuning raise diversity, beyond sampling noise, in a
+//! feature space the reward never saw, and better than what a user would try first?
+//!
+//! For each seed s = 1..=S: the base model (evaluation noise of seed s), the training-free
+//! samplers given as baselines (same noise), and an RL fine-tuning run with seed s evaluated on
+//! the same noise after `epochs` and, with `--double`, after twice as many (the run continues;
+//! a collapse shows as a drop). Every evaluation reports ϕ's metrics, the same metrics in the
+//! independent space (`eval_independent`, FID-Inception by default) and the within-class pixel
+//! distance relative to real images. Tables: every seed's row, then mean ± sd per method and
+//! the paired change against the base (same seed, same noise).
+use anyhow::{bail, Result};
+use divrl_report::Table;
+use divrl_reward::RewardKind;
+
+use super::{finish, ft_sizes, sizes_of, Ctx, ExperimentTable};
+use crate::eval::EvalReport;
+use crate::rl::{presets, FinetuneConfig};
+
+/// One metric of a report, by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub header: &'static str,
+    pub get: fn(&EvalReport) -> Option<f64>,
+}
+
+fn ind(r: &EvalReport) -> Option<&EvalReport> {
+    r.independent.as_deref()
+}
+
+/// The metrics of the tables: ϕ, independent space, within-class pixel distance.
+pub const METRICS: [Metric; 9] = [
+    Metric {
+        header: "ϕ Recall ↑",
+        get: |r| Some(r.recall),
+    },
+    Metric {
+        header: "ϕ Precision",
+        get: |r| Some(r.precision),
+    },
+    Metric {
+        header: "ϕ FID ↓",
+        get: |r| Some(r.fid),
+    },
+    Metric {
+        header: "ϕ Coverage ↑",
+        get: |r| Some(r.coverage),
+    },
+    Metric {
+        header: "ind. Recall ↑",
+        get: |r| ind(r).map(|i| i.recall),
+    },
+    Metric {
+        header: "ind. Precision",
+        get: |r| ind(r).map(|i| i.precision),
+    },
+    Metric {
+        header: "ind. FID ↓",
+        get: |r| ind(r).map(|i| i.fid),
+    },
+    Metric {
+        header: "ind. Coverage ↑",
+        get: |r| ind(r).map(|i| i.coverage),
+    },
+    Metric {
+        header: "pixel within-class / real ↑",
+        get: |r| r.pixel_within_class.as_ref().map(|w| w.ratio),
+    },
+];
+
+/// Mean and sample standard deviation (n − 1; 0 for a single value).
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (m, 0.0);
+    }
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, var.sqrt())
+}
+
+fn cell(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.abs() >= 10.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.3}"),
+        None => "—".into(),
+    }
+}
+
+fn pm(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "—".into();
+    }
+    let (m, s) = mean_sd(v);
+    let digits = if m.abs() >= 10.0 { 2 } else { 3 };
+    format!("{m:.digits$} ± {s:.digits$}")
+}
+
+/// A method's training-free sampler options, laid over the config of its baseline cells.
+#[derive(Debug, Clone)]
+pub struct SamplerBaseline {
+    pub name: String,
+    pub overlay: toml::Table,
+}
+
+/// The tables of a diversity experiment: every cell's row, mean ± sd per method, and the paired
+/// change of each method against the base model of the same seed.
+pub fn tables(cells: &[super::CellResult]) -> Vec<Table> {
+    let headers = |first: &[&str]| -> Vec<String> {
+        first
+            .iter()
+            .map(|s| s.to_string())
+            .chain(METRICS.iter().map(|m| m.header.to_string()))
+            .collect()
+    };
+    let mut per_seed = Table::new(headers(&["method", "seed"]))
+        .with_caption("Every seed's row (same evaluation noise for every method of a seed)");
+    let mut methods: Vec<String> = Vec::new();
+    for c in cells {
+        let method = c.params.get("method").cloned().unwrap_or_default();
+        if !methods.contains(&method) {
+            methods.push(method.clone());
+        }
+        per_seed.row(
+            [method, c.params.get("seed").cloned().unwrap_or_default()]
+                .into_iter()
+                .chain(METRICS.iter().map(|m| cell((m.get)(&c.report)))),
+        );
+    }
+    let by = |method: &str| -> Vec<&super::CellResult> {
+        cells
+            .iter()
+            .filter(|c| c.params.get("method").map(String::as_str) == Some(method))
+            .collect()
+    };
+    let mut summary =
+        Table::new(headers(&["method", "seeds"])).with_caption("Mean ± sd over seeds (sample sd)");
+    let mut delta = Table::new(headers(&["method vs base", "seeds"])).with_caption(
+        "Paired change against the base model of the same seed: mean ± sd, and in how many seeds it rose",
+    );
+    for method in &methods {
+        let cs = by(method);
+        summary.row(
+            [method.clone(), cs.len().to_string()]
+                .into_iter()
+                .chain(METRICS.iter().map(|m| {
+                    let v: Vec<f64> = cs.iter().filter_map(|c| (m.get)(&c.report)).collect();
+                    pm(&v)
+                })),
+        );
+        if method == "base" {
+            continue;
+        }
+        let pairs: Vec<(&super::CellResult, &super::CellResult)> = cs
+            .iter()
+            .filter_map(|c| {
+                let seed = c.params.get("seed")?;
+                by("base")
+                    .into_iter()
+                    .find(|b| b.params.get("seed") == Some(seed))
+                    .map(|b| (*c, b))
+            })
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        delta.row(
+            [method.clone(), pairs.len().to_string()]
+                .into_iter()
+                .chain(METRICS.iter().map(|m| {
+                    let d: Vec<f64> = pairs
+                        .iter()
+                        .filter_map(|(c, b)| Some((m.get)(&c.report)? - (m.get)(&b.report)?))
+                        .collect();
+                    if d.is_empty() {
+                        return "—".into();
+                    }
+                    let up = d.iter().filter(|x| **x > 0.0).count();
+                    format!("{} ({up}/{} up)", pm(&d), d.len())
+                })),
+        );
+    }
+    vec![summary, delta, per_seed]
+}
+
+/// The preset of the experiment with the options applied (seed 1).
+fn config(ctx: &Ctx) -> Result<FinetuneConfig> {
+    let mut c = presets::diversity(ctx.opts.quick);
+    if let Some(b) = &ctx.opts.base {
+        c.base = b.clone();
+    }
+    if let Some(d) = &ctx.opts.device {
+        c.device = d.clone();
+    }
+    if let Some(t) = ctx.opts.threads {
+        c.threads = t;
+    }
+    let mut c = super::apply_overlay(c, ctx.opts.overlay.as_ref())?;
+    if let Some(w) = ctx.opts.guidance {
+        c.guidance = w;
+    }
+    Ok(c)
+}
+
+pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
+    let cfg = config(ctx)?;
+    let seeds = ctx.opts.seeds.unwrap_or(if ctx.opts.quick { 2 } else { 3 });
+    if seeds == 0 {
+        bail!("--seeds must be >= 1");
+    }
+    let baselines = ctx.opts.sampler_baselines.clone();
+    let double = ctx.opts.double;
+    let per_seed_units = 1
+        + baselines.len() as u64
+        + Ctx::units(&cfg, true)
+        + if double { Ctx::units(&cfg, true) } else { 0 };
+    ctx.pb.set_length(per_seed_units * seeds as u64);
+    let mut cells = Vec::new();
+    for s in 1..=seeds as u64 {
+        let mut c = cfg.clone();
+        c.seed = s;
+        let p = |method: &str| [("method", method.to_string()), ("seed", s.to_string())];
+        cells.push(ctx.baseline(&format!("base-s{s}"), &p("base"), &c)?);
+        for b in &baselines {
+            let bc = super::apply_overlay(c.clone(), Some(&b.overlay))?;
+            cells.push(ctx.baseline(&format!("{}-s{s}", b.name), &p(&b.name), &bc)?);
+        }
+        let run = format!("rl-s{s}");
+        let rl = format!("rl-{}", c.reward);
+        cells.push(ctx.finetune_in(&run, &run, &p(&rl), c.clone())?);
+        if double {
+            let mut c2 = c.clone();
+            c2.epochs *= 2;
+            let name = format!("rl2x-s{s}");
+            cells.push(ctx.finetune_in(&name, &run, &p(&format!("{rl}-2x")), c2)?);
+        }
+    }
+    let mut extra = ft_sizes(&cfg);
+    extra.push(("seeds", seeds.to_string()));
+    extra.push(("guidance", cfg.guidance.to_string()));
+    extra.push((
+        "generated sets per class and epoch (K)",
+        cfg.sets_per_class.to_string(),
+    ));
+    extra.push(("reward", reward_description(&cfg)));
+    extra.push((
+        "independent space",
+        if cfg.eval_independent.is_empty() {
+            "none".to_string()
+        } else {
+            cfg.eval_independent.clone()
+        },
+    ));
+    for b in &baselines {
+        extra.push(("sampler baseline", format!("{}: {}", b.name, b.overlay)));
+    }
+    let sizes = sizes_of(&cfg, &extra);
+    let table = finish(ctx, sizes, cells, Vec::new())?;
+    Ok((table, Vec::new()))
+}
+
+fn reward_description(cfg: &FinetuneConfig) -> String {
+    match cfg.reward {
+        RewardKind::GpMi => format!(
+            "gp-mi (σ = {}, λ = {})",
+            cfg.sigma
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "median reference distance".into()),
+            cfg.jitter
+        ),
+        RewardKind::Mmd => "mmd (polynomial kernel)".to_string(),
+        RewardKind::Recall => format!("recall (k = {})", cfg.recall_k),
+    }
+}
+
+/// Parses `--baseline NAME=KEY=VALUE[;KEY=VALUE…]` into a sampler baseline (TOML values).
+pub fn parse_baseline(spec: &str) -> Result<SamplerBaseline> {
+    let Some((name, rest)) = spec.split_once('=') else {
+        bail!("baseline {spec:?}: expected NAME=KEY=VALUE[;KEY=VALUE...]");
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("baseline name {name:?}: letters, digits and '-' only");
+    }
+    let text = rest.replace(';', "\n");
+    let overlay: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("baseline {name}: bad KEY=VALUE list: {e}"))?;
+    if overlay.is_empty() {
+        bail!("baseline {name}: no sampler option given");
+    }
+    Ok(SamplerBaseline {
+        name: name.to_string(),
+        overlay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_sd_matches_hand_values() {
+        let (m, s) = mean_sd(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-15);
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_sd(&[7.0]), (7.0, 0.0));
+    }
+
+    #[test]
+    fn baseline_specs_parse_or_fail_clearly() {
+        let b = parse_baseline("cads=cads = true;cads_noise = 0.25").unwrap();
+        assert_eq!(b.name, "cads");
+        assert_eq!(b.overlay.len(), 2);
+        assert!(parse_baseline("nothing").is_err());
+        assert!(parse_baseline("x=").is_err());
+        assert!(parse_baseline("bad name=a = 1").is_err());
+        assert!(parse_baseline("x=a = ").is_err());
+    }
+}
