@@ -46,9 +46,10 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over every cell's preset
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Diversity: independent seeds (base noise and fine-tuning) [default: 3, quick 2]
-    #[arg(long)]
-    pub seeds: Option<usize>,
+    /// Diversity: seeds (evaluation noise and fine-tuning): N for 1..=N, A-B, or A,B,...;
+    /// processes with disjoint seeds may share --out [default: 3, quick 2]
+    #[arg(long, value_parser = parse_seeds)]
+    pub seeds: Option<SeedList>,
     /// Diversity: a training-free sampler baseline evaluated beside the base, as
     /// NAME=KEY=VALUE[;KEY=VALUE...] over the run config's sampler fields (repeatable)
     #[arg(long = "baseline", value_parser = parse_baseline)]
@@ -61,6 +62,16 @@ pub struct Args {
     /// No progress bar
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// The seeds of `--seeds`.
+#[derive(Clone, Debug)]
+pub struct SeedList(pub Vec<u64>);
+
+fn parse_seeds(s: &str) -> Result<SeedList, String> {
+    divrl::experiment::diversity::parse_seeds(s)
+        .map(SeedList)
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn parse_baseline(s: &str) -> Result<divrl::experiment::diversity::SamplerBaseline, String> {
@@ -123,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device: args.compute.device,
         threads: args.compute.threads,
         command: command_line(),
-        seeds: args.seeds,
+        seeds: args.seeds.map(|s| s.0),
         sampler_baselines: args.baselines,
         double: args.double,
     };

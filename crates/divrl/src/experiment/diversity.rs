@@ -206,9 +206,13 @@ fn config(ctx: &Ctx) -> Result<FinetuneConfig> {
 
 pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
     let cfg = config(ctx)?;
-    let seeds = ctx.opts.seeds.unwrap_or(if ctx.opts.quick { 2 } else { 3 });
-    if seeds == 0 {
-        bail!("--seeds must be >= 1");
+    let seeds = ctx.opts.seeds.clone().unwrap_or(if ctx.opts.quick {
+        vec![1, 2]
+    } else {
+        vec![1, 2, 3]
+    });
+    if seeds.is_empty() {
+        bail!("--seeds must name at least one seed");
     }
     let baselines = ctx.opts.sampler_baselines.clone();
     let double = ctx.opts.double;
@@ -216,9 +220,9 @@ pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, Stri
         + baselines.len() as u64
         + Ctx::units(&cfg, true)
         + if double { Ctx::units(&cfg, true) } else { 0 };
-    ctx.pb.set_length(per_seed_units * seeds as u64);
+    ctx.pb.set_length(per_seed_units * seeds.len() as u64);
     let mut cells = Vec::new();
-    for s in 1..=seeds as u64 {
+    for &s in &seeds {
         let mut c = cfg.clone();
         c.seed = s;
         let p = |method: &str| [("method", method.to_string()), ("seed", s.to_string())];
@@ -238,7 +242,14 @@ pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, Stri
         }
     }
     let mut extra = ft_sizes(&cfg);
-    extra.push(("seeds", seeds.to_string()));
+    extra.push((
+        "seeds",
+        seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
     extra.push(("guidance", cfg.guidance.to_string()));
     extra.push((
         "generated sets per class and epoch (K)",
@@ -275,6 +286,31 @@ fn reward_description(cfg: &FinetuneConfig) -> String {
     }
 }
 
+/// Parses `--seeds`: `N` (seeds 1..=N), `A-B` (A..=B) or a list `A,B,...`.
+pub fn parse_seeds(spec: &str) -> Result<Vec<u64>> {
+    let bad =
+        || anyhow::anyhow!("--seeds {spec:?}: expected N, A-B or A,B,... (positive integers)");
+    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| bad());
+    let seeds: Vec<u64> = if let Some((a, b)) = spec.split_once('-') {
+        let (a, b) = (num(a)?, num(b)?);
+        if a > b {
+            return Err(bad());
+        }
+        (a..=b).collect()
+    } else if spec.contains(',') {
+        spec.split(',').map(num).collect::<Result<_>>()?
+    } else {
+        (1..=num(spec)?).collect()
+    };
+    let mut sorted = seeds.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if seeds.is_empty() || sorted.len() != seeds.len() || seeds.len() > 1000 {
+        return Err(bad());
+    }
+    Ok(seeds)
+}
+
 /// Parses `--baseline NAME=KEY=VALUE[;KEY=VALUE…]` into a sampler baseline (TOML values).
 pub fn parse_baseline(spec: &str) -> Result<SamplerBaseline> {
     let Some((name, rest)) = spec.split_once('=') else {
@@ -305,6 +341,16 @@ mod tests {
         assert!((m - 2.5).abs() < 1e-15);
         assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
         assert_eq!(mean_sd(&[7.0]), (7.0, 0.0));
+    }
+
+    #[test]
+    fn seed_specs() {
+        assert_eq!(parse_seeds("3").unwrap(), vec![1, 2, 3]);
+        assert_eq!(parse_seeds("2-3").unwrap(), vec![2, 3]);
+        assert_eq!(parse_seeds("5,1").unwrap(), vec![5, 1]);
+        for bad in ["0", "3-2", "1,1", "x", "", "1,,2", "-1"] {
+            assert!(parse_seeds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -77,8 +77,9 @@ pub struct ExperimentOptions {
     pub threads: Option<usize>,
     /// The command line, for the report.
     pub command: String,
-    /// Diversity: independent fine-tuning seeds (default 3, quick 2).
-    pub seeds: Option<usize>,
+    /// Diversity: the seeds to run (default 1, 2, 3; quick 1, 2). Processes with disjoint seeds
+    /// may share one `out`; a last run over every seed then tables them all.
+    pub seeds: Option<Vec<u64>>,
     /// Diversity: training-free sampler baselines evaluated beside the base on the same noise.
     pub sampler_baselines: Vec<diversity::SamplerBaseline>,
     /// Diversity: continue every run to twice its epochs and evaluate again (collapse check).
@@ -299,8 +300,30 @@ impl Ctx<'_> {
         self.pb.inc(t.epoch as u64);
         t.run_with(&self.pb, !self.opts.progress, &mut |_, _, _| Ok(()))?;
         self.pb.set_message(format!("{name}: evaluating"));
-        let report = t.evaluate()?;
-        let (epochs, _) = read_log(&cfg.out)?;
+        let (epochs, evals) = read_log(&cfg.out)?;
+        // An evaluation the run already logged at this epoch with the same settings (e.g. a run
+        // with eval_every adopted as a cell) is the same computation: reuse it.
+        let generated = cfg.eval_per_class * t.classes.len();
+        let independent = |r: &EvalReport| {
+            r.independent
+                .as_ref()
+                .map(|i| i.extractor.as_str())
+                .unwrap_or("")
+                == cfg.eval_independent.as_str()
+        };
+        let logged = evals.iter().rev().find(|e| {
+            e.epoch == cfg.epochs && e.report.generated == generated && independent(&e.report)
+        });
+        let report = match logged {
+            Some(e) => e.report.clone(),
+            None if t.epoch == cfg.epochs => t.evaluate()?,
+            None => bail!(
+                "{} is at epoch {} and logged no evaluation at epoch {} with these settings",
+                cfg.out.display(),
+                t.epoch,
+                cfg.epochs
+            ),
+        };
         let r = CellResult {
             name: name.into(),
             params: params
@@ -312,7 +335,10 @@ impl Ctx<'_> {
             train_seconds: t.train_seconds,
             seconds: t0.elapsed().as_secs_f64(),
             set_reward_first: epochs.first().map(|e| e.set_reward_mean),
-            set_reward_last: epochs.last().map(|e| e.set_reward_mean),
+            set_reward_last: epochs
+                .iter()
+                .rfind(|e| e.epoch <= cfg.epochs)
+                .map(|e| e.set_reward_mean),
         };
         write_json(&p, &r)?;
         self.pb.inc(1);
