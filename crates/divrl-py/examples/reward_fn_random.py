@@ -27,7 +27,7 @@ if torch is not None:
     def feature_fn(x):  # stand-in for CLIP / Inception features
         return x.flatten(1) @ projection
 
-    references = {p: torch.randn(50, D, generator=gen) for p in set(prompts)}
+    references = {p: torch.randn(50, D, generator=gen) for p in dict.fromkeys(prompts)}
 else:
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(B, 3, 64, 64)).astype(np.float32)
@@ -36,7 +36,7 @@ else:
     def feature_fn(x):
         return x.reshape(len(x), -1) @ projection
 
-    references = {p: rng.normal(size=(50, D)) for p in set(prompts)}
+    references = {p: rng.normal(size=(50, D)) for p in dict.fromkeys(prompts)}
 
 # One DiversityReward per prompt; the reference statistics are computed here, once.
 reward_fn = make_reward_fn(feature_fn, references, kind="gp-mi")

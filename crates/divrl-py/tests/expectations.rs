@@ -3,6 +3,11 @@
 //! `divrl reward/select/metrics` commands). They live in `tests/fixtures/expected.json`; this
 //! test fails when the crate's results drift from that file by more than 1e-12 (relative).
 //!
+//! When it was written (2026-12-01), the CLI gave the same numbers to the last bit on the
+//! cases checked: `divrl reward --kind gp-mi --json` (diverse.npy), `divrl metrics --json`
+//! (generated.npy against heldout.npy) and `divrl select --size 5 --kind recall --json`
+//! (candidates.npy), each with `--reference examples/features/reference.npy` where it applies.
+//!
 //! Regenerate after an intended change of the maths:
 //!     DIVRL_WRITE_FIXTURE=1 cargo test --release -p divrl-py --test expectations
 

@@ -1,15 +1,18 @@
 """Type stubs of the native module (crates/divrl-py/src)."""
 
-from typing import Any, Literal, Optional, Sequence, Tuple, TypedDict, Union
+from typing import Any, Literal, Optional, Sequence, Tuple, TypedDict, Union, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
 
+__all__ = ["DiversityReward", "select", "metrics", "__version__"]
 __version__: str
 
-_Kind = Literal["mmd", "gp-mi", "gpmi", "mi", "recall"]
+_Kind = str  # "mmd", "gp-mi" (or "gpmi", "mi") or "recall"; others raise ValueError
 _FloatArray = npt.ArrayLike  # float32 or float64, C or Fortran order
 
+@final
 class DiversityReward:
     """A Diversity Reward of generated feature sets against a fixed reference set (N x D).
 
@@ -19,8 +22,8 @@ class DiversityReward:
     statistics are computed once here. Raises ``ValueError`` on bad input.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         kind: _Kind,
         reference: _FloatArray,
         *,
@@ -30,7 +33,7 @@ class DiversityReward:
         sigma: Optional[float] = None,
         jitter: float = 1e-6,
         k: int = 3,
-    ) -> None: ...
+    ) -> Self: ...
     def set_reward(self, generated: _FloatArray) -> float:
         """The set reward r(X_g; X_r) of ``generated`` (M x D)."""
     def individual(self, generated: _FloatArray) -> npt.NDArray[np.float64]:

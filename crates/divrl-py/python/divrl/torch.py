@@ -33,7 +33,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def make_reward_fn(
     feature_fn: Callable[[Any], Any],
-    references_by_condition: Mapping[Hashable, Any],
+    references_by_condition: Mapping[Any, Any],
     kind: str = "mmd",
     *,
     condition_fn: Optional[Callable[[Any, Any], Hashable]] = None,
