@@ -1,6 +1,8 @@
 //! numpy arrays in and out. Inputs may be float32 or float64, C- or Fortran-ordered (or any
 //! strided view); each is read exactly once, into the row-major f64 buffer that
-//! `divrl_reward::Features` owns, so no intermediate numpy copy is ever made.
+//! `divrl_reward::Features` owns (the one copy the crate's API needs: a C-ordered float64 array
+//! is a plain memcpy, anything else is converted or reordered on the way), so no intermediate
+//! numpy copy is made. Other sequences (lists) go through `numpy.asarray` first.
 
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
