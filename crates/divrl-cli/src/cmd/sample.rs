@@ -35,13 +35,13 @@ pub struct Args {
     pub seed: u64,
     #[command(flatten)]
     pub diversity: DiversityOpts,
-    /// Output PNG grid
+    /// Output PNG grid (at least one of --out, --out-dir, --npy)
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Also write every image as its own lossless 8-bit PNG, DIR/{index:05}-class{c}.png
+    /// Write every image as its own lossless 8-bit PNG, DIR/{index:05}-class{c}.png
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// Also write every image into one uint8 .npy ([N, H, W], or [N, H, W, 3] for colour; what
+    /// Write every image into one uint8 .npy ([N, H, W], or [N, H, W, 3] for colour; what
     /// `divrl eval --generated` reads) and the class labels as int64 FILE.labels.npy (stem + .labels.npy)
     #[arg(long, value_name = "FILE")]
     pub npy: Option<PathBuf>,
