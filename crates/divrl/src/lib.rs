@@ -3,11 +3,14 @@
 //! - [`data`]: IDX, image folders, `.npy`; the embedded Fashion-MNIST default; splits; the
 //!   skewed-attribute variant and its oracle.
 //! - [`models::unet`]: a class-conditional UNet with LoRA-wrappable attention ([`nn::lora`]).
-//! - [`schedule`]: noise schedules and reverse steps (DDPM, DDIM) with log-probabilities.
-//! - [`sample`]: trajectories (stored, replayed) and PNG grids.
+//! - [`schedule`]: noise schedules and reverse steps (DDPM, DDIM) with log-probabilities, guidance
+//!   in a limited noise interval; [`cads`]: condition-annealed sampling.
+//! - [`sample`]: trajectories (stored, replayed) and PNG grids; [`export`]: images as PNG files
+//!   or one `.npy`.
 //! - [`train`]: DDPM base training; [`checkpoint`]: loading.
 //! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
 //!   tables on our data (selection, guidance, debias, ablation).
+pub mod cads;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -15,6 +18,7 @@ pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod experiment;
+pub mod export;
 pub mod features;
 pub mod models;
 pub mod nn;

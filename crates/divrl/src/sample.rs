@@ -110,6 +110,9 @@ pub fn sample_trajectory_at<M: EpsModel + ?Sized>(
     ts: Vec<i64>,
 ) -> Result<Trajectory> {
     cfg.validate()?;
+    if cfg.cads.is_some() && !model.has_cond_vector() {
+        bail!("CADS needs a model that conditions through a class embedding vector (the class-conditional UNet)");
+    }
     if ts.len() != cfg.steps + 1 || ts.windows(2).any(|w| w[1] >= w[0]) {
         bail!(
             "sampling timesteps must be {} descending values",
@@ -121,18 +124,24 @@ pub fn sample_trajectory_at<M: EpsModel + ?Sized>(
     let mut rng = SplitMix64(seed);
     let full = [b, shape[0], shape[1], shape[2]];
     let mut x = rng.randn(&full, device);
+    // CADS draws its condition noise from each sample's initial noise (see crate::cads).
+    let keys = match cfg.cads {
+        Some(_) => Some(crate::cads::sample_keys(&x)?),
+        None => None,
+    };
     let step = ReverseStep { model, sched, cfg };
     let mut latents = vec![x.shallow_clone()];
     let mut lps = Vec::with_capacity(cfg.steps);
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for w in ts.windows(2) {
             let noise = rng.randn(&full, device);
-            let out = step.sample(&x, w[0], w[1], classes, &noise);
+            let out = step.sample_keyed(&x, w[0], w[1], classes, &noise, keys.as_deref())?;
             x = out.sample;
             latents.push(x.shallow_clone());
             lps.push(out.log_prob);
         }
-    });
+        Ok(())
+    })?;
     Ok(Trajectory {
         latents: Tensor::stack(&latents, 0),
         timesteps: ts,
@@ -157,13 +166,19 @@ pub fn recompute_log_prob<M: EpsModel + ?Sized>(
     };
     let x_t = traj.latents.get(k as i64);
     let x_s = traj.latents.get(k as i64 + 1);
-    step.log_prob(
+    let keys = traj
+        .sampler
+        .cads
+        .map(|_| crate::cads::sample_keys(&traj.latents.get(0)).expect("a float latent tensor"));
+    step.log_prob_keyed(
         &x_t,
         traj.timesteps[k],
         traj.timesteps[k + 1],
         &traj.classes,
         &x_s,
+        keys.as_deref(),
     )
+    .expect("the trajectory's sampler was validated when it was sampled")
 }
 
 /// Images in [-1, 1] (`[N, C, H, W]`, C = 1 or 3) → one grid image with `nrow` images per row

@@ -7,6 +7,8 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+pub use crate::cads::CadsConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BetaSchedule {
@@ -186,6 +188,72 @@ pub struct SamplerConfig {
     /// Clip the predicted x̂_0 to [-1, 1].
     pub clip_x0: bool,
     pub reduction: LogProbReduction,
+    /// Guidance in a limited interval (Kynkäänniemi et al. 2024): the scale `guidance` applies
+    /// only at steps whose noise level lies in the interval, the others use w = 1 (the plain
+    /// conditional ε, one forward pass). `None`: guidance at every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_interval: Option<GuidanceInterval>,
+    /// CADS, noise on the condition annealed over the early steps ([`crate::cads`]). `None`: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cads: Option<CadsConfig>,
+}
+
+/// A noise-level interval in EDM's σ (Karras et al. 2022): the step at timestep t is inside iff
+/// `sigma_lo < σ_t ≤ sigma_hi`, with `σ_t = √((1 − ᾱ_t) / ᾱ_t)` (the noise-to-signal ratio of
+/// `x_t`; a variance-preserving `x_t` is `√ᾱ_t` times EDM's `x + σ ε`). So the σ values of the
+/// guidance-interval paper, given for EDM samplers, carry over unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceInterval {
+    pub sigma_lo: f64,
+    pub sigma_hi: f64,
+}
+
+impl GuidanceInterval {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.sigma_lo.is_finite()
+            && self.sigma_hi.is_finite()
+            && self.sigma_lo >= 0.0
+            && self.sigma_lo < self.sigma_hi)
+        {
+            bail!(
+                "guidance interval needs finite 0 <= sigma_lo < sigma_hi, got ({}, {}]",
+                self.sigma_lo,
+                self.sigma_hi
+            );
+        }
+        Ok(())
+    }
+
+    pub fn contains(&self, sigma: f64) -> bool {
+        sigma > self.sigma_lo && sigma <= self.sigma_hi
+    }
+}
+
+impl std::str::FromStr for GuidanceInterval {
+    type Err = anyhow::Error;
+    /// `LO,HI` (σ values), validated.
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [lo, hi] = parts.as_slice() else {
+            bail!("bad guidance interval {s:?}: expected LO,HI (two noise levels sigma)");
+        };
+        let num = |v: &str| {
+            v.parse::<f64>()
+                .map_err(|_| anyhow::anyhow!("bad guidance interval {s:?}: {v:?} is not a number"))
+        };
+        let iv = Self {
+            sigma_lo: num(lo)?,
+            sigma_hi: num(hi)?,
+        };
+        iv.validate()?;
+        Ok(iv)
+    }
+}
+
+/// EDM noise level `σ = √((1 − ᾱ) / ᾱ)` of a variance-preserving step with cumulative ᾱ.
+pub fn edm_sigma(alpha_bar: f64) -> f64 {
+    ((1.0 - alpha_bar) / alpha_bar).sqrt()
 }
 
 impl Default for SamplerConfig {
@@ -197,6 +265,8 @@ impl Default for SamplerConfig {
             guidance: 1.0,
             clip_x0: true,
             reduction: LogProbReduction::Mean,
+            guidance_interval: None,
+            cads: None,
         }
     }
 }
@@ -218,7 +288,35 @@ impl SamplerConfig {
                 self.guidance
             );
         }
+        if let Some(iv) = &self.guidance_interval {
+            iv.validate()?;
+        }
+        if let Some(c) = &self.cads {
+            c.validate()?;
+        }
         Ok(())
+    }
+
+    /// The guidance scale of a step from `x_t` with cumulative ᾱ_t: `guidance` inside the
+    /// guidance interval (or when there is none), 1 outside it.
+    pub fn guidance_at(&self, alpha_bar_t: f64) -> f64 {
+        match &self.guidance_interval {
+            Some(iv) if !iv.contains(edm_sigma(alpha_bar_t)) => 1.0,
+            _ => self.guidance,
+        }
+    }
+
+    /// CADS's γ at timestep `t` (1 = the condition untouched, also when CADS is off).
+    pub fn cads_gamma(&self, t: i64, num_train_timesteps: i64) -> f64 {
+        match &self.cads {
+            Some(c) => c.gamma_at(t, num_train_timesteps),
+            None => 1.0,
+        }
+    }
+
+    /// Whether CADS or a guidance interval is on (the options that change the ε computation).
+    pub fn has_options(&self) -> bool {
+        self.guidance_interval.is_some() || self.cads.is_some()
     }
 }
 
@@ -226,6 +324,23 @@ impl SamplerConfig {
 pub trait EpsModel {
     fn eps(&self, x: &Tensor, t: &Tensor, class: &Tensor) -> Tensor;
     fn null_class(&self) -> i64;
+    /// Whether the model conditions through a vector that [`Self::eps_mapped_cond`] can
+    /// replace (what CADS perturbs).
+    fn has_cond_vector(&self) -> bool {
+        false
+    }
+    /// ε with each row's condition vector `y` (`[B, D]`) replaced by `map(y)`. Models without
+    /// a condition vector return an error.
+    fn eps_mapped_cond(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: &Tensor,
+        map: &dyn Fn(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        let _ = (x, t, class, map);
+        bail!("this model has no condition vector to perturb (CADS needs one)")
+    }
 }
 
 impl EpsModel for crate::models::unet::UNet {
@@ -235,6 +350,83 @@ impl EpsModel for crate::models::unet::UNet {
     fn null_class(&self) -> i64 {
         self.cfg.null_class()
     }
+    fn has_cond_vector(&self) -> bool {
+        true
+    }
+    fn eps_mapped_cond(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: &Tensor,
+        map: &dyn Fn(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        Ok(self.forward_emb(x, t, &map(&self.class_embedding(class))))
+    }
+}
+
+/// What CADS needs per row of a batch: the sample keys ([`crate::cads::sample_keys`]), the
+/// rows' timesteps and their γ.
+pub struct CadsRows<'a> {
+    pub cfg: &'a CadsConfig,
+    pub keys: &'a [u64],
+    pub timesteps: &'a [i64],
+    pub gamma: &'a [f64],
+}
+
+/// Guided ε with per-row options: row `i` is guided with scale `guidance` if `guided[i]`
+/// (else it is the plain conditional ε), and with `cads` its conditional branch sees the
+/// annealed condition. One batched forward over the conditional rows and the unconditional
+/// (null-class, never perturbed) copies of the guided rows.
+pub fn guided_eps_rows<M: EpsModel + ?Sized>(
+    model: &M,
+    x: &Tensor,
+    t: &Tensor,
+    class: &Tensor,
+    guidance: f64,
+    guided: &[bool],
+    cads: Option<&CadsRows>,
+) -> Result<Tensor> {
+    let b = x.size()[0];
+    let dev = x.device();
+    let g: Vec<i64> = (0..b)
+        .filter(|&i| guided[i as usize] && (guidance - 1.0).abs() >= 1e-12)
+        .collect();
+    let (xa, ta, ca) = if g.is_empty() {
+        (x.shallow_clone(), t.shallow_clone(), class.shallow_clone())
+    } else {
+        let gi = Tensor::from_slice(&g).to_device(dev);
+        let xg = x.index_select(0, &gi);
+        let tg = t.index_select(0, &gi);
+        let null = Tensor::full([g.len() as i64], model.null_class(), (Kind::Int64, dev));
+        (
+            Tensor::cat(&[x, &xg], 0),
+            Tensor::cat(&[t, &tg], 0),
+            Tensor::cat(&[class, &null], 0),
+        )
+    };
+    let out = match cads {
+        Some(c) if c.gamma.iter().any(|&v| v < 1.0) => {
+            // The unconditional copies keep γ = 1: their null-class vector stays as it is.
+            let mut gamma = c.gamma.to_vec();
+            gamma.resize(b as usize + g.len(), 1.0);
+            let map = |y: &Tensor| {
+                let d = y.size()[1];
+                let n = crate::cads::condition_noise(c.keys, c.timesteps, d, y.device());
+                let pad = Tensor::zeros([g.len() as i64, d], (Kind::Float, y.device()));
+                c.cfg.perturb(y, &gamma, &Tensor::cat(&[n, pad], 0))
+            };
+            model.eps_mapped_cond(&xa, &ta, &ca, &map)?
+        }
+        _ => model.eps(&xa, &ta, &ca),
+    };
+    if g.is_empty() {
+        return Ok(out);
+    }
+    let cond = out.narrow(0, 0, b);
+    let uncond = out.narrow(0, b, g.len() as i64);
+    let gi = Tensor::from_slice(&g).to_device(dev);
+    let guided_eps = &uncond + (cond.index_select(0, &gi) - &uncond) * guidance;
+    Ok(cond.index_copy(0, &gi, &guided_eps))
 }
 
 /// Guided ε: one batched forward over (conditional, unconditional) unless w = 1 or the whole
@@ -349,12 +541,44 @@ pub struct ReverseStep<'a, M: EpsModel + ?Sized> {
 }
 
 impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
-    fn gaussian(&self, x_t: &Tensor, t: i64, s: i64, class: &Tensor) -> StepGaussian {
-        let eps = guided_eps(self.model, x_t, t, class, self.cfg.guidance);
-        step_gaussian(self.sched, self.cfg, x_t, &eps, t, s)
+    /// The step's Gaussian. `keys` are the samples' CADS keys ([`crate::cads::sample_keys`] of
+    /// their initial noise), needed only at steps where CADS perturbs the condition.
+    fn gaussian(
+        &self,
+        x_t: &Tensor,
+        t: i64,
+        s: i64,
+        class: &Tensor,
+        keys: Option<&[u64]>,
+    ) -> Result<StepGaussian> {
+        let w = self.cfg.guidance_at(self.sched.alpha_bar(t));
+        let gamma = self.cfg.cads_gamma(t, self.sched.num_train_timesteps());
+        let eps = match &self.cfg.cads {
+            Some(cads) if gamma < 1.0 => {
+                let Some(keys) = keys else {
+                    bail!("a CADS step needs the samples' keys (use the *_keyed methods)");
+                };
+                let b = x_t.size()[0] as usize;
+                if keys.len() != b {
+                    bail!("{} CADS keys for {b} samples", keys.len());
+                }
+                let tt = Tensor::full([b as i64], t, (Kind::Int64, x_t.device()));
+                let (ts, gam) = (vec![t; b], vec![gamma; b]);
+                let rows = CadsRows {
+                    cfg: cads,
+                    keys,
+                    timesteps: &ts,
+                    gamma: &gam,
+                };
+                guided_eps_rows(self.model, x_t, &tt, class, w, &vec![true; b], Some(&rows))?
+            }
+            _ => guided_eps(self.model, x_t, t, class, w),
+        };
+        Ok(step_gaussian(self.sched, self.cfg, x_t, &eps, t, s))
     }
 
-    /// Samples x_s = μ + σ·noise and returns it with its log-probability.
+    /// Samples x_s = μ + σ·noise and returns it with its log-probability. Panics at a step
+    /// where CADS perturbs the condition: those need [`Self::sample_keyed`].
     pub fn sample(
         &self,
         x_t: &Tensor,
@@ -363,21 +587,50 @@ impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
         class: &Tensor,
         noise: &Tensor,
     ) -> StepOutput {
-        let g = self.gaussian(x_t, t, s, class);
+        self.sample_keyed(x_t, t, s, class, noise, None)
+            .expect("ReverseStep::sample at a CADS step")
+    }
+
+    /// [`Self::sample`] with the samples' CADS keys.
+    pub fn sample_keyed(
+        &self,
+        x_t: &Tensor,
+        t: i64,
+        s: i64,
+        class: &Tensor,
+        noise: &Tensor,
+        keys: Option<&[u64]>,
+    ) -> Result<StepOutput> {
+        let g = self.gaussian(x_t, t, s, class, keys)?;
         let sample = &g.mean + noise * g.std;
         let log_prob = gaussian_log_prob(&sample, &g.mean, g.std, self.cfg.reduction);
-        StepOutput {
+        Ok(StepOutput {
             sample,
             log_prob,
             mean: g.mean,
             std: g.std,
             pred_x0: g.pred_x0,
-        }
+        })
     }
 
     /// Log-probability of a given x_s under the current weights (differentiable in them).
+    /// Panics at a step where CADS perturbs the condition: use [`Self::log_prob_keyed`].
     pub fn log_prob(&self, x_t: &Tensor, t: i64, s: i64, class: &Tensor, x_s: &Tensor) -> Tensor {
-        let g = self.gaussian(x_t, t, s, class);
-        gaussian_log_prob(x_s, &g.mean, g.std, self.cfg.reduction)
+        self.log_prob_keyed(x_t, t, s, class, x_s, None)
+            .expect("ReverseStep::log_prob at a CADS step")
+    }
+
+    /// [`Self::log_prob`] with the samples' CADS keys.
+    pub fn log_prob_keyed(
+        &self,
+        x_t: &Tensor,
+        t: i64,
+        s: i64,
+        class: &Tensor,
+        x_s: &Tensor,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
+        let g = self.gaussian(x_t, t, s, class, keys)?;
+        Ok(gaussian_log_prob(x_s, &g.mean, g.std, self.cfg.reduction))
     }
 }

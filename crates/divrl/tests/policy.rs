@@ -31,6 +31,7 @@ fn closed_form(kind: SamplerKind, eta: f64, guidance: f64, reduction: LogProbRed
         guidance,
         clip_x0: false,
         reduction,
+        ..SamplerConfig::default()
     };
     let (t, s) = (600i64, 500i64);
     tch::manual_seed(3);
@@ -128,6 +129,7 @@ fn ddim_eta_one_equals_ddpm() {
         guidance: 2.0,
         clip_x0: true,
         reduction: LogProbReduction::Mean,
+        ..SamplerConfig::default()
     };
     let (c1, c2) = (mk(SamplerKind::Ddim), mk(SamplerKind::Ddpm));
     let a = ReverseStep {
@@ -154,6 +156,7 @@ fn tiny_sampler(kind: SamplerKind, guidance: f64) -> SamplerConfig {
         guidance,
         clip_x0: true,
         reduction: LogProbReduction::Mean,
+        ..SamplerConfig::default()
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use divrl::rl::FinetuneConfig;
-use divrl::schedule::SamplerKind;
+use divrl::schedule::{GuidanceInterval, SamplerKind};
 use divrl_reward::RewardKind;
 
 #[derive(clap::Args, Debug, Default)]
@@ -115,6 +115,26 @@ pub struct Args {
     /// Trajectories per sampling batch, 0 = all [default: 0]
     #[arg(long)]
     pub sample_batch_size: Option<usize>,
+    /// Guidance only at steps whose EDM noise level σ_t = √((1−ᾱ_t)/ᾱ_t) has LO < σ_t ≤ HI,
+    /// w = 1 elsewhere (see `divrl sample --help`); "none" = every step [default: none]
+    #[arg(long, value_name = "LO,HI", allow_hyphen_values = true)]
+    pub guidance_interval: Option<String>,
+    /// CADS on the rollouts and evaluations (noise on the class embedding, annealed over the early
+    /// steps); any --cads-* flag also turns it on [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub cads: Option<bool>,
+    /// CADS: diffusion time t ∈ [0, 1] (1 = pure noise) up to which the condition is clean [default: 0.6]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    pub cads_tau1: Option<f64>,
+    /// CADS: diffusion time t ∈ [0, 1] from which the condition is pure noise [default: 0.9]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    pub cads_tau2: Option<f64>,
+    /// CADS: noise scale s ≥ 0 [default: 0.25]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub cads_noise: Option<f64>,
+    /// CADS: share ψ ∈ [0, 1] of the noisy embedding rescaled to the clean one's mean and std [default: 1]
+    #[arg(long, value_name = "PSI", allow_negative_numbers = true)]
+    pub cads_psi: Option<f64>,
 
     /// Epochs (outer iterations of Algorithm 1) [default: 20]
     #[arg(long)]
@@ -229,8 +249,26 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
             timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
             lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,
             lora_alpha, lora_targets, full_finetune, seed, checkpoint_every, keep_checkpoints,
-            sample_every, eval_every, eval_per_class, eval_independent, diagnostics;
+            sample_every, eval_every, eval_per_class, eval_independent, diagnostics, cads_tau1,
+            cads_tau2, cads_noise, cads_psi;
         optional: extractor_weights, degree, gamma, coef0, sigma);
+    let any_cads_setting = args.cads_tau1.is_some()
+        || args.cads_tau2.is_some()
+        || args.cads_noise.is_some()
+        || args.cads_psi.is_some();
+    match args.cads {
+        Some(on) => cfg.cads = on,
+        None if any_cads_setting => cfg.cads = true,
+        None => {}
+    }
+    if let Some(iv) = &args.guidance_interval {
+        cfg.guidance_interval = if iv.trim().eq_ignore_ascii_case("none") {
+            None
+        } else {
+            let iv: GuidanceInterval = iv.parse()?;
+            Some([iv.sigma_lo, iv.sigma_hi])
+        };
+    }
     args.compute.apply(&mut cfg.device, &mut cfg.threads);
     cfg.validate()?;
     Ok(cfg)

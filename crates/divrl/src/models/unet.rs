@@ -391,11 +391,27 @@ impl UNet {
     /// ε-prediction. `x`: `[B, C, H, W]`, `t`: `[B]` timesteps, `class`: `[B]` int64 indices.
     /// Inputs must have been checked ([`Self::check_input`], [`Self::check_classes`]).
     pub fn forward_t(&self, x: &Tensor, t: &Tensor, class: &Tensor, train: bool) -> Tensor {
+        self.forward_emb_t(x, t, &self.class_embedding(class), train)
+    }
+
+    /// The condition vector `y` of `class` (`[B]` int64 → `[B, 4·base_channels]`): the learned
+    /// class embedding that the network adds to its time embedding.
+    pub fn class_embedding(&self, class: &Tensor) -> Tensor {
+        self.class_emb.forward(class)
+    }
+
+    /// ε-prediction with the condition given as an embedding vector `cond` (`[B, D]`, as from
+    /// [`Self::class_embedding`], possibly perturbed, e.g. by CADS) instead of class indices.
+    pub fn forward_emb(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Tensor {
+        self.forward_emb_t(x, t, cond, false)
+    }
+
+    fn forward_emb_t(&self, x: &Tensor, t: &Tensor, cond: &Tensor, train: bool) -> Tensor {
         let ch = self.cfg.base_channels;
         let emb = self
             .time2
             .forward(&self.time1.forward(&Self::timestep_embedding(t, ch)).silu());
-        let emb = emb + self.class_emb.forward(class);
+        let emb = emb + cond;
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.shallow_clone()];
         for l in &self.down {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use crate::nn::lora::LoraConfig;
-use crate::schedule::{LogProbReduction, SamplerConfig, SamplerKind};
+use crate::schedule::{CadsConfig, GuidanceInterval, LogProbReduction, SamplerConfig, SamplerKind};
 use divrl_reward::{RewardKind, RewardSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +82,20 @@ pub struct FinetuneConfig {
     pub guidance: f64,
     /// Trajectories sampled per forward batch; 0 = all of an epoch's at once.
     pub sample_batch_size: usize,
+    /// Guidance only at steps whose EDM noise level σ_t = √((1−ᾱ_t)/ᾱ_t) lies in
+    /// `(lo, hi]` (Kynkäänniemi et al. 2024); w = 1 elsewhere. Unset: guidance at every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_interval: Option<[f64; 2]>,
+    /// CADS: annealed noise on the class embedding ([`crate::cads`]) with the `cads_*` settings.
+    pub cads: bool,
+    /// CADS: the condition is clean up to diffusion time τ1 ∈ [0, 1] (1 = pure noise).
+    pub cads_tau1: f64,
+    /// CADS: the condition is pure noise from diffusion time τ2 ∈ [τ1, 1].
+    pub cads_tau2: f64,
+    /// CADS: noise scale s ≥ 0.
+    pub cads_noise: f64,
+    /// CADS: rescaling share ψ ∈ [0, 1].
+    pub cads_psi: f64,
 
     // ---- policy optimisation -------------------------------------------------------------------
     pub epochs: usize,
@@ -151,6 +165,7 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         let lora = LoraConfig::default();
+        let cads = CadsConfig::default();
         Self {
             model: "unet".into(),
             prompts: Vec::new(),
@@ -182,6 +197,12 @@ impl Default for FinetuneConfig {
             eta: 1.0,
             guidance: 4.0,
             sample_batch_size: 0,
+            guidance_interval: None,
+            cads: false,
+            cads_tau1: cads.tau1,
+            cads_tau2: cads.tau2,
+            cads_noise: cads.noise_scale,
+            cads_psi: cads.psi,
             epochs: 20,
             inner_epochs: 1,
             train_batch_size: 10,
@@ -297,6 +318,21 @@ impl FinetuneConfig {
             clip_x0: true,
             // DDPO's convention: the clip range 1e-4 is calibrated for per-dimension means.
             reduction: LogProbReduction::Mean,
+            guidance_interval: self.guidance_interval.map(|[lo, hi]| GuidanceInterval {
+                sigma_lo: lo,
+                sigma_hi: hi,
+            }),
+            cads: self.cads.then(|| self.cads_config()),
+        }
+    }
+
+    /// The CADS settings of the `cads_*` fields (used when `cads` is on).
+    pub fn cads_config(&self) -> CadsConfig {
+        CadsConfig {
+            tau1: self.cads_tau1,
+            tau2: self.cads_tau2,
+            noise_scale: self.cads_noise,
+            psi: self.cads_psi,
         }
     }
 
@@ -330,6 +366,8 @@ impl FinetuneConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.sampler_config().validate()?;
+        // Checked even while off, so a bad value is reported where it is written.
+        self.cads_config().validate()?;
         if !self.full_finetune {
             self.lora_config().validate()?;
         }
@@ -445,6 +483,9 @@ impl FinetuneConfig {
         }
         if self.sampler != SamplerKind::Ddim {
             bail!("model sd samples with DDIM");
+        }
+        if self.guidance_interval.is_some() || self.cads {
+            bail!("guidance_interval and cads are implemented for model unet only");
         }
         if self.full_finetune {
             bail!("model sd trains LoRA adapters only (full_finetune is for the unet model)");

@@ -6,7 +6,10 @@
 use tch::{Kind, Tensor};
 
 use crate::sample::Trajectory;
-use crate::schedule::{EpsModel, LogProbReduction, NoiseSchedule, SamplerConfig, SamplerKind};
+use crate::schedule::{
+    edm_sigma, guided_eps_rows, CadsRows, EpsModel, LogProbReduction, NoiseSchedule, SamplerConfig,
+    SamplerKind,
+};
 
 /// Guided ε with a per-sample timestep tensor `t` (`[B]`).
 pub fn guided_eps_t<M: EpsModel + ?Sized>(
@@ -40,6 +43,10 @@ pub struct StepBatch {
     pub class: Tensor,
     a_t: Vec<f64>,
     a_s: Vec<f64>,
+    /// The rows' timesteps and their samples' initial noise x_T (CADS keys; see [`crate::cads`]).
+    ts: Vec<i64>,
+    x_init: Tensor,
+    num_train_timesteps: i64,
     /// `[b]` indices into the trajectory's step axis and sample axis, for gathering old log-probs.
     flat_index: Tensor,
 }
@@ -89,6 +96,9 @@ impl StepBatch {
                 .iter()
                 .map(|&k| sched.alpha_bar(traj.timesteps[k + 1]))
                 .collect(),
+            x_init: traj.latents.get(0).index_select(0, &sample_idx),
+            ts,
+            num_train_timesteps: sched.num_train_timesteps(),
             flat_index,
         }
     }
@@ -112,13 +122,56 @@ impl StepBatch {
             .view([-1, 1, 1, 1])
     }
 
+    /// The guided ε of each row under `model`, with the sampler's guidance interval and CADS
+    /// applied per row exactly as at sampling time.
+    fn eps<M: EpsModel + ?Sized>(&self, model: &M, cfg: &SamplerConfig) -> Tensor {
+        if !cfg.has_options() {
+            return guided_eps_t(model, &self.x_t, &self.t, &self.class, cfg.guidance);
+        }
+        let guided: Vec<bool> = self
+            .a_t
+            .iter()
+            .map(|&a| {
+                cfg.guidance_interval
+                    .is_none_or(|iv| iv.contains(edm_sigma(a)))
+            })
+            .collect();
+        let gamma: Vec<f64> = self
+            .ts
+            .iter()
+            .map(|&t| cfg.cads_gamma(t, self.num_train_timesteps))
+            .collect();
+        let keys = match &cfg.cads {
+            Some(_) if gamma.iter().any(|&g| g < 1.0) => {
+                crate::cads::sample_keys(&self.x_init).expect("a float latent tensor")
+            }
+            _ => Vec::new(),
+        };
+        let rows = cfg.cads.as_ref().map(|c| CadsRows {
+            cfg: c,
+            keys: &keys,
+            timesteps: &self.ts,
+            gamma: &gamma,
+        });
+        guided_eps_rows(
+            model,
+            &self.x_t,
+            &self.t,
+            &self.class,
+            cfg.guidance,
+            &guided,
+            rows.as_ref(),
+        )
+        .expect("CADS replay of a trajectory sampled with CADS")
+    }
+
     /// Mean and standard deviation (`[b, 1, 1, 1]`) of each transition's Gaussian under `model`.
     pub fn gaussian<M: EpsModel + ?Sized>(
         &self,
         model: &M,
         cfg: &SamplerConfig,
     ) -> (Tensor, Tensor) {
-        let eps = guided_eps_t(model, &self.x_t, &self.t, &self.class, cfg.guidance);
+        let eps = self.eps(model, cfg);
         let x_t = &self.x_t;
         let mut x0 = (x_t - &eps * self.coef(|t, _| (1.0 - t).sqrt())) / self.coef(|t, _| t.sqrt());
         if cfg.clip_x0 {

@@ -83,6 +83,7 @@ impl<'a> SdPolicy<'a> {
             guidance,
             clip_x0: false,
             reduction: LogProbReduction::Mean,
+            ..SamplerConfig::default()
         }
     }
 
