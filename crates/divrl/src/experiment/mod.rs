@@ -503,6 +503,9 @@ fn markdown(t: &ExperimentTable) -> String {
     s.push('\n');
     if t.experiment == "diversity" {
         for table in diversity::tables(&t.cells) {
+            if let Some(c) = &table.caption {
+                s += &format!("**{c}**\n\n");
+            }
             s += &table.markdown();
             s.push('\n');
         }
