@@ -52,6 +52,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.n == 0 || args.n > 10_000 {
         bail!("--n must be in 1..=10000, got {}", args.n);
     }
+    if args.nrow == Some(0) {
+        bail!("--nrow must be at least 1 (images per grid row), got 0");
+    }
     if args
         .out
         .extension()
