@@ -7,6 +7,7 @@ mod cmd;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -56,7 +57,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return parse_error(err),
+    };
     let result = match cli.command {
         Command::Reward(args) => cmd::reward::run(args),
         Command::Select(args) => cmd::select::run(args),
@@ -78,4 +82,29 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Help and version as clap prints them; every other parse error as divrl's one line (the
+/// message up to its usage block, lines joined), exit 2.
+fn parse_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let text = err.render().to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect();
+    let msg = msg.join(" ");
+    eprintln!(
+        "divrl: error: {} (see --help)",
+        msg.strip_prefix("error: ").unwrap_or(&msg)
+    );
+    ExitCode::from(2)
 }

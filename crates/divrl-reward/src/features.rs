@@ -23,10 +23,13 @@ impl Features {
                 got: "0".into(),
             });
         }
-        if data.len() != rows * dim {
+        if rows.checked_mul(dim) != Some(data.len()) {
             return Err(Error::Shape {
                 what: what.into(),
-                expected: format!("{rows}×{dim} = {} values", rows * dim),
+                expected: match rows.checked_mul(dim) {
+                    Some(n) => format!("{rows}×{dim} = {n} values"),
+                    None => format!("{rows}×{dim} values (more than memory can hold)"),
+                },
                 got: format!("{} values", data.len()),
             });
         }
@@ -117,6 +120,14 @@ impl Features {
             .collect()
     }
 
+    /// Squared row norms, or an error when one is so large (above `f64::MAX / 4`) that squared
+    /// distances `‖x‖² + ‖y‖² − 2x·y` could overflow. `what` names the matrix.
+    pub fn checked_sq_norms(&self, what: &str) -> Result<Vec<f64>> {
+        let sq = self.sq_norms();
+        check_sq_norms(&sq, 0, what)?;
+        Ok(sq)
+    }
+
     /// Errors unless `other` has the same feature dimension.
     pub fn check_same_dim(&self, other: &Features, what: &str, other_what: &str) -> Result<()> {
         if self.dim != other.dim {
@@ -128,4 +139,17 @@ impl Features {
         }
         Ok(())
     }
+}
+
+/// Errors when a squared norm in `sq` (rows `first_row..`) is too large for finite squared
+/// distances: `‖x − y‖² ≤ 2‖x‖² + 2‖y‖²` stays finite while every `‖x‖² ≤ f64::MAX / 4`.
+pub(crate) fn check_sq_norms(sq: &[f64], first_row: usize, what: &str) -> Result<()> {
+    if let Some(i) = sq.iter().position(|v| v.is_nan() || *v > f64::MAX / 4.0) {
+        return Err(Error::param(format!(
+            "the {what} features are too large for f64 distances (row {} has squared norm {:e}); rescale them",
+            first_row + i,
+            sq[i]
+        )));
+    }
+    Ok(())
 }

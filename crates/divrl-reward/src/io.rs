@@ -15,10 +15,13 @@ pub struct Array {
     pub data: Vec<f64>,
 }
 
+/// An error about `path`; the message is folded onto one line (parser errors of the file
+/// formats span several).
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
+    let msg: String = msg.into();
     Error::File {
         path: path.display().to_string(),
-        msg: msg.into(),
+        msg: msg.split_whitespace().collect::<Vec<_>>().join(" "),
     }
 }
 
@@ -44,7 +47,24 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Array> {
             "Fortran-ordered arrays are not supported; save with C order",
         ));
     }
-    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    let shape: Vec<usize> = npy
+        .shape()
+        .iter()
+        .map(|&s| usize::try_from(s))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| file_err(path, format!("shape {:?} is too large", npy.shape())))?;
+    // The header's element count must fit the bytes that follow it (checked before reading, and
+    // without the wrapping product npyz computes).
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|n| n.checked_mul(npy.dtype().num_bytes().unwrap_or(usize::MAX)).is_some_and(|b| b <= bytes.len()))
+        .ok_or_else(|| {
+            file_err(
+                path,
+                format!("truncated or corrupt .npy data: shape {shape:?} needs more bytes than the file's {}", bytes.len()),
+            )
+        })?;
     let descr = npy.dtype().descr();
     let data = match npy.try_data::<f32>() {
         Ok(reader) => reader
@@ -62,7 +82,6 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Array> {
         },
     }
     .map_err(|e| file_err(path, format!("truncated or corrupt .npy data: {e}")))?;
-    let expected: usize = shape.iter().product();
     if data.len() != expected {
         return Err(file_err(
             path,

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::linalg::{dot_products, sq_dists_from_dots};
 use crate::{Error, Features, Result};
 
+/// Largest polynomial kernel degree accepted. Beyond it `(γ x·y + c0)^d` is 0, 1 or overflows for
+/// practically every feature pair, so the reward says nothing; the bound also keeps the degree
+/// far inside `i32`, the exponent type of `f64::powi`.
+pub const MAX_POLYNOMIAL_DEGREE: u32 = 100;
+
 /// A positive-definite kernel on feature vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kernel", rename_all = "kebab-case")]
@@ -28,8 +33,10 @@ impl Kernel {
         let degree = degree.unwrap_or(3);
         let gamma = gamma.unwrap_or(1.0 / dim as f64);
         let coef0 = coef0.unwrap_or(1.0);
-        if degree == 0 {
-            return Err(Error::param("polynomial kernel degree must be at least 1"));
+        if !(1..=MAX_POLYNOMIAL_DEGREE).contains(&degree) {
+            return Err(Error::param(format!(
+                "polynomial kernel degree must be in 1..={MAX_POLYNOMIAL_DEGREE}, got {degree}"
+            )));
         }
         if !(gamma.is_finite() && gamma > 0.0) {
             return Err(Error::param(format!(
@@ -48,16 +55,60 @@ impl Kernel {
         })
     }
 
-    /// The RBF kernel with bandwidth `sigma`.
+    /// The RBF kernel with bandwidth `sigma`. `2σ²` must be a positive normal f64 (roughly
+    /// `1e-154 < σ < 1e154`), or every kernel value would be 0/0, 0 or 1.
     pub fn rbf(sigma: f64) -> Result<Self> {
         if !(sigma.is_finite() && sigma > 0.0) {
             return Err(Error::param(format!(
                 "RBF bandwidth sigma must be a positive number, got {sigma}"
             )));
         }
+        if !(2.0 * sigma * sigma).is_normal() {
+            return Err(Error::param(format!(
+                "RBF bandwidth sigma = {sigma:e} is out of range: 2σ² must be a positive finite f64 (about 1e-154 < sigma < 1e154)"
+            )));
+        }
         Ok(Kernel::Rbf { sigma })
     }
 
+    /// The kernel and its parameters, for messages.
+    pub fn describe(&self) -> String {
+        match *self {
+            Kernel::Polynomial {
+                degree,
+                gamma,
+                coef0,
+            } => format!("polynomial kernel (degree {degree}, gamma {gamma:e}, coef0 {coef0:e})"),
+            Kernel::Rbf { sigma } => format!("RBF kernel (sigma {sigma:e})"),
+        }
+    }
+
+    /// What to change when this kernel gives non-finite values.
+    pub(crate) fn overflow_hint(&self) -> &'static str {
+        match self {
+            Kernel::Polynomial { .. } => {
+                "lower --gamma, --coef0 or --degree, or rescale the features"
+            }
+            Kernel::Rbf { .. } => "change --sigma or rescale the features",
+        }
+    }
+
+    /// Errors unless every entry of the kernel matrix `m` (between `what`) is finite.
+    pub(crate) fn check_finite(&self, m: &Mat<f64>, what: &str) -> Result<()> {
+        for j in 0..m.ncols() {
+            for i in 0..m.nrows() {
+                if !m[(i, j)].is_finite() {
+                    return Err(Error::param(format!(
+                        "the {} is not finite on {what} (entry {i}, {j} is {}): {}",
+                        self.describe(),
+                        m[(i, j)],
+                        self.overflow_hint()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
     /// The kernel value from a dot product `x·y` and a squared distance `‖x − y‖²`
     /// (each kernel uses one of them).
     #[inline]

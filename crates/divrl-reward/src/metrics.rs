@@ -35,6 +35,13 @@ pub fn mean_and_covariance(x: &Features, what: &str) -> Result<(Vec<f64>, Mat<f6
         1.0 / (n - 1) as f64,
         Par::rayon(0),
     );
+    let finite =
+        mu.iter().all(|v| v.is_finite()) && (0..d).all(|j| (0..d).all(|i| cov[(i, j)].is_finite()));
+    if !finite {
+        return Err(Error::param(format!(
+            "the {what} features are too large: their mean or covariance overflows f64; rescale them"
+        )));
+    }
     Ok((mu, cov))
 }
 
@@ -120,7 +127,13 @@ pub fn frechet_distance(
     let tr_sqrt: f64 = eig.iter().map(|&l| l.max(0.0).sqrt()).sum();
     let tr1: f64 = (0..d).map(|i| sigma1[(i, i)]).sum();
     let tr2: f64 = (0..d).map(|i| sigma2[(i, i)]).sum();
-    Ok((diff + tr1 + tr2 - 2.0 * tr_sqrt).max(0.0))
+    let fd = diff + tr1 + tr2 - 2.0 * tr_sqrt;
+    if !fd.is_finite() {
+        return Err(Error::param(format!(
+            "the Fréchet distance is not finite ({fd}): the means or covariances are too large for f64; rescale the features"
+        )));
+    }
+    Ok(fd.max(0.0))
 }
 
 /// FID between the Gaussian fits of two feature sets.
@@ -147,6 +160,9 @@ pub struct Prdc {
 const BLOCK: usize = 256;
 
 /// Squared distance from every row of `x` to its k-th nearest *other* row of `x`.
+///
+/// # Panics
+/// Unless `1 <= k < x.rows()` ([`prdc`] checks this and returns an error instead).
 pub fn knn_sq_radii(x: &Features, k: usize) -> Vec<f64> {
     let n = x.rows();
     let sq = x.sq_norms();
@@ -188,6 +204,8 @@ pub fn prdc(generated: &Features, real: &Features, k: usize) -> Result<Prdc> {
             )));
         }
     }
+    real.checked_sq_norms("reference")?;
+    generated.checked_sq_norms("generated")?;
     let rad_real = knn_sq_radii(real, k);
     let rad_gen = knn_sq_radii(generated, k);
     let (n, m) = (real.rows(), generated.rows());
@@ -259,8 +277,35 @@ pub fn prdc(generated: &Features, real: &Features, k: usize) -> Result<Prdc> {
     })
 }
 
+/// Seed of the fixed permutation [`inception_score`] applies before splitting.
+pub const IS_SHUFFLE_SEED: u64 = 2020;
+
+/// A permutation of `0..n` fixed by `seed` (Fisher–Yates driven by SplitMix64).
+pub fn fixed_permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        // Multiply-shift maps the 64 random bits to 0..=i (bias below 2^-40 for any n here).
+        let j = ((u128::from(next()) * (i as u128 + 1)) >> 64) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
 /// Inception Score from class logits (rows = images): the mean and standard deviation over
 /// `splits` equal parts of exp(E_x KL(p(y|x) ‖ p(y))).
+///
+/// Like torch-fidelity, the images are first put in a fixed pseudo-random order
+/// ([`fixed_permutation`] with [`IS_SHUFFLE_SEED`]), so that a set stored class by class (as
+/// samplers write them) is not split into single-class parts, whose IS is near 1. The result
+/// is deterministic; with one split it does not depend on the order at all.
 pub fn inception_score(logits: &Features, splits: usize) -> Result<(f64, f64)> {
     let n = logits.rows();
     if splits == 0 || n < splits {
@@ -269,8 +314,9 @@ pub fn inception_score(logits: &Features, splits: usize) -> Result<(f64, f64)> {
         )));
     }
     let c = logits.dim();
-    // Log-softmax per row, stable.
-    let logp: Vec<Vec<f64>> = (0..n)
+    // Log-softmax per row, stable, in the shuffled order.
+    let logp: Vec<Vec<f64>> = fixed_permutation(n, IS_SHUFFLE_SEED)
+        .into_iter()
         .map(|i| {
             let row = logits.row(i);
             let mx = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -295,8 +341,11 @@ pub fn inception_score(logits: &Features, splits: usize) -> Result<(f64, f64)> {
                     row.iter()
                         .zip(&py)
                         .map(|(l, p)| {
-                            if p > &0.0 {
-                                l.exp() * (l - p.ln())
+                            // p(y|x) = 0 contributes nothing (the limit of q ln q); skipping it
+                            // also avoids 0 · ∞ for logits of extreme magnitude.
+                            let q = l.exp();
+                            if *p > 0.0 && q > 0.0 {
+                                q * (l - p.ln())
                             } else {
                                 0.0
                             }
@@ -310,6 +359,12 @@ pub fn inception_score(logits: &Features, splits: usize) -> Result<(f64, f64)> {
         .collect();
     let mean = scores.iter().sum::<f64>() / splits as f64;
     let var = scores.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / splits as f64;
+    if !(mean.is_finite() && var.is_finite()) {
+        return Err(Error::param(format!(
+            "the Inception Score is not finite ({mean} ± {}): the logits are too large for f64",
+            var.sqrt()
+        )));
+    }
     Ok((mean, var.sqrt()))
 }
 

@@ -140,7 +140,7 @@ impl DiversityReward {
     /// Binds the reward described by `spec` to `reference` (N × D).
     pub fn new(spec: &RewardSpec, reference: Features) -> Result<Self> {
         let n = reference.rows();
-        let ref_sq = reference.sq_norms();
+        let ref_sq = reference.checked_sq_norms("reference")?;
         let mut out = DiversityReward {
             kind: spec.kind,
             kernel: None,
@@ -162,6 +162,7 @@ impl DiversityReward {
                 let kernel =
                     Kernel::polynomial(out.reference.dim(), spec.degree, spec.gamma, spec.coef0)?;
                 let k_rr = kernel.cross(&out.reference, &out.reference);
+                kernel.check_finite(&k_rr, "the reference features")?;
                 let mut off = 0.0;
                 for i in 0..n {
                     for j in 0..n {
@@ -171,6 +172,13 @@ impl DiversityReward {
                     }
                 }
                 out.mean_rr = off / (n * (n - 1)) as f64;
+                if !out.mean_rr.is_finite() {
+                    return Err(Error::param(format!(
+                        "the mean of the reference kernel matrix is not finite with the {}: {}",
+                        kernel.describe(),
+                        kernel.overflow_hint()
+                    )));
+                }
                 out.kernel = Some(kernel);
             }
             RewardKind::GpMi => {
@@ -191,6 +199,7 @@ impl DiversityReward {
                 };
                 let kernel = Kernel::rbf(sigma)?;
                 let mut a_rr = kernel.cross(&out.reference, &out.reference);
+                kernel.check_finite(&a_rr, "the reference features")?;
                 for i in 0..n {
                     a_rr[(i, i)] += spec.jitter;
                 }
@@ -240,7 +249,7 @@ impl DiversityReward {
         match self.kind {
             RewardKind::Mmd => 2,
             RewardKind::GpMi => 1,
-            RewardKind::Recall => self.k + 1,
+            RewardKind::Recall => self.k.saturating_add(1),
         }
     }
 
@@ -248,7 +257,7 @@ impl DiversityReward {
     pub fn min_individual_size(&self) -> usize {
         match self.kind {
             RewardKind::GpMi => 1,
-            _ => self.min_set_size() + 1,
+            _ => self.min_set_size().saturating_add(1),
         }
     }
 
@@ -273,7 +282,8 @@ impl DiversityReward {
         self.check_size(generated.rows(), self.min_set_size(), "the set reward")?;
         let stats = self.stats(generated)?;
         let all: Vec<usize> = (0..generated.rows()).collect();
-        self.subset_reward(&stats, &all)
+        let r = self.subset_reward(&stats, &all)?;
+        self.check_finite(r, "the set reward")
     }
 
     /// The marginal utility of every generated image, `r(X_g) − r(X_g \ {x_m})`.
@@ -294,7 +304,8 @@ impl DiversityReward {
         let stats = self.stats(generated)?;
         let all: Vec<usize> = (0..m).collect();
         let set_reward = self.subset_reward(&stats, &all)?;
-        let individual = match &stats {
+        self.check_finite(set_reward, "the set reward")?;
+        let individual: Vec<f64> = match &stats {
             SetStats::Mmd { k, q } => {
                 // r = −[P/(M(M−1)) + C_rr − 2Q/(MN)] with P = Σ_{i≠j} K_ij, Q = Σ_i q_i.
                 // Removing m: P − 2·s_m and Q − q_m, with s_m = Σ_{j≠m} K_mj.
@@ -338,6 +349,9 @@ impl DiversityReward {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
+        for (i, &v) in individual.iter().enumerate() {
+            self.check_finite(v, &format!("the individual reward of image {i}"))?;
+        }
         Ok(RewardOutput {
             kind: self.kind,
             set_reward,
@@ -373,10 +387,16 @@ impl DiversityReward {
             .iter()
             .flat_map(|g| (0..per_set).map(move |i| g[(i, i)]))
             .collect();
+        crate::features::check_sq_norms(&g_sq, first_row, "generated (or candidate)")?;
         let dots_gr = dot_products(block, self.reference.as_mat(), Par::Seq);
-        let kernel_gr = self
-            .kernel
-            .map(|k| k.from_dots(&dots_gr, &g_sq, &self.ref_sq));
+        let kernel_gr = match self.kernel {
+            Some(k) => {
+                let m = k.from_dots(&dots_gr, &g_sq, &self.ref_sq);
+                k.check_finite(&m, "the generated and the reference features")?;
+                Some(m)
+            }
+            None => None,
+        };
         // GP-MI: W = L_rr⁻¹ K_rg for every row at once.
         let w = match (&self.l_rr, &kernel_gr) {
             (Some(l), Some(k_gr)) => {
@@ -397,14 +417,14 @@ impl DiversityReward {
                     let q = (r0..r0 + per_set)
                         .map(|i| (0..k_gr.ncols()).map(|j| k_gr[(i, j)]).sum())
                         .collect();
-                    SetStats::Mmd {
-                        k: kernel.from_dots(dots_gg, sq, sq),
-                        q,
-                    }
+                    let k = kernel.from_dots(dots_gg, sq, sq);
+                    kernel.check_finite(&k, "the generated features")?;
+                    SetStats::Mmd { k, q }
                 }
                 RewardKind::GpMi => {
                     let kernel = self.kernel.expect("gp-mi kernel");
                     let mut a = kernel.from_dots(dots_gg, sq, sq);
+                    kernel.check_finite(&a, "the generated features")?;
                     for i in 0..per_set {
                         a[(i, i)] += self.jitter;
                     }
@@ -474,6 +494,30 @@ impl DiversityReward {
         let mf = m as f64;
         let nf = self.reference.rows() as f64;
         -(p_offdiag / (mf * (mf - 1.0)) + self.mean_rr - 2.0 * q_tot / (mf * nf))
+    }
+
+    /// `value` if finite, else an error naming `what` and the likely cause.
+    pub(crate) fn check_finite(&self, value: f64, what: &str) -> Result<f64> {
+        if value.is_finite() {
+            return Ok(value);
+        }
+        let cause = match (self.kind, self.kernel) {
+            (RewardKind::Mmd, Some(k)) => format!(
+                "its kernel sums overflow f64 with the {}: {}",
+                k.describe(),
+                k.overflow_hint()
+            ),
+            (RewardKind::GpMi, Some(k)) => format!(
+                "its log-determinants overflow with the {} and jitter {:e}: change --jitter or --sigma",
+                k.describe(),
+                self.jitter
+            ),
+            _ => "non-finite distances: rescale the features".to_string(),
+        };
+        Err(Error::param(format!(
+            "{what} of the {} reward is not finite ({value}): {cause}",
+            self.kind
+        )))
     }
 
     /// `ln det(K_rr + λI)` (GP-MI).

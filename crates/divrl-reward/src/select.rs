@@ -185,8 +185,14 @@ fn check_request(
         )));
     }
     if size < reward.min_set_size() {
+        let why = match reward.kind() {
+            RewardKind::Recall => {
+                format!(" (k-NN balls with k = {} need k + 1 members)", reward.k())
+            }
+            _ => String::new(),
+        };
         return Err(Error::too_few(format!(
-            "the {} reward needs subsets of at least {} samples, asked for {size}",
+            "the {} reward needs subsets of at least {} samples{why}, asked for {size}",
             reward.kind(),
             reward.min_set_size()
         )));
@@ -219,10 +225,12 @@ fn select_in(
     criterion: Criterion,
     method: Method,
 ) -> Result<Selection> {
-    match method {
+    let sel = match method {
         Method::Exhaustive => exhaustive(reward, stats, o, m, criterion),
         Method::Greedy => greedy(reward, stats, o, m, criterion),
-    }
+    }?;
+    reward.check_finite(sel.reward, "the selected subset's reward")?;
+    Ok(sel)
 }
 
 struct Best {
@@ -230,6 +238,8 @@ struct Best {
     reward: f64,
     subset: Vec<usize>,
     evaluations: u64,
+    /// A non-finite reward met on the way (the ranking is then meaningless).
+    non_finite: Option<f64>,
 }
 
 impl Best {
@@ -239,11 +249,15 @@ impl Best {
             reward: criterion.worst(),
             subset: Vec::with_capacity(m),
             evaluations: 0,
+            non_finite: None,
         }
     }
     #[inline]
     fn offer(&mut self, reward: f64, subset: &[usize]) {
         self.evaluations += 1;
+        if !reward.is_finite() {
+            self.non_finite.get_or_insert(reward);
+        }
         // Strictly better only: the lexicographically first of tied subsets is kept,
         // because subsets arrive in lexicographic order.
         if self.criterion.better(reward, self.reward) || self.subset.is_empty() {
@@ -252,12 +266,15 @@ impl Best {
             self.subset.extend_from_slice(subset);
         }
     }
-    fn finish(self) -> Selection {
-        Selection {
+    fn finish(self, reward: &DiversityReward) -> Result<Selection> {
+        if let Some(v) = self.non_finite {
+            reward.check_finite(v, "the reward of a candidate subset")?;
+        }
+        Ok(Selection {
             subset: self.subset,
             reward: self.reward,
             evaluations: self.evaluations,
-        }
+        })
     }
 }
 
@@ -278,7 +295,7 @@ fn exhaustive(
         }
         SetStats::Recall { d_gg, d_gr } => recall_exhaustive(reward, d_gg, d_gr, m, &mut best),
     }
-    Ok(best.finish())
+    best.finish(reward)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -607,6 +624,7 @@ fn greedy(
             }
             SetStats::Recall { .. } => unreachable!("rejected in check_request"),
         }
+        .and_then(|g| reward.check_finite(g, "a greedy gain"))
     };
     // Lazy evaluation is exact when gains can only shrink as S grows: for MMD under the
     // max criterion that holds iff every kernel entry between candidates is ≥ 0.

@@ -203,14 +203,17 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         bail!("the demo needs eval_every > 0 (held-out metrics before and after)");
     }
     let out = cfg.out.clone();
-    std::fs::create_dir_all(out.join(GRIDS_DIR))
-        .with_context(|| format!("creating {}", out.display()))?;
     // Units: setup, the guidance-1 baseline, every epoch, every evaluation, the report.
     let total = 3 + cfg.epochs + planned_evals(cfg);
     let pb = progress_bar(total as u64, opts.progress, "demo");
     pb.set_message("loading the base model, ϕ and the held-out pool");
     pb.enable_steady_tick(std::time::Duration::from_millis(250));
     let mut trainer: Finetuner = crate::rl::build_finetuner(cfg, true, false)?;
+    // The inputs are valid: only now does anything appear in the run folder, which stays ours
+    // until the report is written.
+    let _lock = crate::run_lock::lock_run_folder(&out)?;
+    std::fs::create_dir_all(out.join(GRIDS_DIR))
+        .with_context(|| format!("creating {}", out.display()))?;
     if trainer.resume()? {
         pb.println(format!(
             "resuming {} at epoch {}",

@@ -22,6 +22,26 @@ pub fn models_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
 }
 
+/// Where a model path of a config is found: as given when it exists (or is absolute or does not
+/// start with `models/`), else inside [`models_dir`]. Default paths such as
+/// `models/fashion-mnist-base-small` thus work from any working directory, as the classifier's do.
+pub fn resolve_model_path(path: &Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    match path.strip_prefix("models") {
+        Ok(rest) if !rest.as_os_str().is_empty() => {
+            let installed = models_dir().join(rest);
+            if installed.exists() {
+                installed
+            } else {
+                path.to_path_buf()
+            }
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 /// The shipped Fashion-MNIST classifier checkpoint (the default `small` extractor).
 pub fn default_classifier_dir() -> PathBuf {
     models_dir().join("fashion-mnist-classifier")
@@ -566,6 +586,9 @@ impl ImageSource {
                         p.display(),
                         a.dims
                     );
+                }
+                if a.dims.contains(&0) {
+                    bail!("{}: empty IDX array (dimensions {:?})", p.display(), a.dims);
                 }
                 let (n, h, w) = (a.dims[0] as i64, a.dims[1] as i64, a.dims[2] as i64);
                 let data: Vec<f32> = a.data.iter().map(|&v| v as f32 / 255.0).collect();

@@ -8,6 +8,7 @@
 //! - [`sample`]: trajectories (stored, replayed) and PNG grids; [`export`]: images as PNG files
 //!   or one `.npy`.
 //! - [`train`]: DDPM base training; [`checkpoint`]: loading.
+//! - [`run_lock`]: one process per run folder, and removal of what killed runs left behind.
 //! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
 //!   tables on our data (selection, guidance, debias, ablation).
 pub mod cads;
@@ -25,6 +26,7 @@ pub mod nn;
 pub mod optim;
 pub mod rl;
 pub mod rng;
+pub mod run_lock;
 pub mod sample;
 pub mod schedule;
 pub mod train;

@@ -16,7 +16,7 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over the preset (as `divrl finetune --config`)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Base checkpoint folder [default: models/fashion-mnist-base-small, the base the RL preset was tuned on]
+    /// Base checkpoint folder [default: models/fashion-mnist-base-small, the base the RL preset was tuned on; a relative models/... path missing from the working directory is looked up in the repository's models/ or $DIVRL_MODELS_DIR]
     #[arg(long)]
     pub base: Option<PathBuf>,
     #[command(flatten)]

@@ -70,9 +70,11 @@ pub struct Args {
     /// Nearest-neighbour rank of Precision, Recall, Density and Coverage
     #[arg(long, default_value_t = 3)]
     pub k: usize,
-    /// Splits of the Inception Score
-    #[arg(long, default_value_t = 10)]
-    pub is_splits: usize,
+    /// Splits of the Inception Score (at most half the generated images). The images are first shuffled
+    /// with a fixed seed (like torch-fidelity), so class-sorted folders score like any other
+    /// order; the default is reduced to the number of images when fewer
+    #[arg(long)]
+    pub is_splits: Option<usize>,
     /// Attribute whose histogram over the generated images is reported with its KL to uniform
     /// (repeatable): none | inversion | classes | gender | age | clip (with --clip-prompt) |
     /// clip:[NAME=]PROMPT,PROMPT,... or clip:[NAME=]FILE (one prompt per line). gender and age
@@ -111,6 +113,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.is_splits == Some(0) {
+        bail!("--is-splits must be at least 1");
+    }
     let device = args.compute.device()?;
     let gen_src = ImageSource::parse(&args.generated)?;
     let ref_src = ImageSource::parse(&args.reference)?;
@@ -228,6 +233,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         attributes.push(report);
     }
+    if let (Some(s), Some(l)) = (args.is_splits, &g.logits) {
+        let n = l.size()[0] as usize;
+        if s > 1 && s.saturating_mul(2) > n {
+            bail!("--is-splits {s} leaves fewer than 2 of the {n} generated images per split (the IS of a single image is 1 whatever it shows); use at most {}", (n / 2).max(1));
+        }
+    }
     let report = evaluate(
         ext.name(),
         &g.features,
@@ -236,7 +247,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None,
         EvalOptions {
             k: args.k,
-            is_splits: args.is_splits,
+            is_splits: args.is_splits.unwrap_or(EvalOptions::default().is_splits),
         },
     )?
     .with_attributes(attributes);

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use divrl::rl::FinetuneConfig;
+use divrl::run_lock::RunLock;
 use divrl::schedule::{GuidanceInterval, SamplerKind};
 use divrl_reward::RewardKind;
 
@@ -274,20 +276,35 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
     Ok(cfg)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = resolve(&args)?;
-    let out = &cfg.out;
+/// Errors when `out` holds a run and `--resume` was not given.
+fn check_fresh(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
     if !args.resume && out.join(divrl::rl::trainer::CHECKPOINTS_DIR).exists() {
         bail!(
             "{} already holds a run: pass --resume to continue it, or choose another --out",
             out.display()
         );
     }
+    Ok(())
+}
+
+/// Locks `out` for this process (the inputs are valid by now) and checks again, under the
+/// lock, that no other run finished there since the first look.
+fn claim(args: &Args, out: &std::path::Path) -> anyhow::Result<Arc<RunLock>> {
+    let lock = divrl::run_lock::lock_run_folder(out)?;
+    check_fresh(args, out)?;
+    Ok(lock)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = resolve(&args)?;
+    let out = &cfg.out;
+    check_fresh(&args, out)?;
     if cfg.model == "sd" {
         let device = super::setup_device(&cfg.device, cfg.threads)?;
         return run_sd(&args, cfg, device);
     }
     let mut trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;
+    let _lock = claim(&args, out)?;
     if args.resume {
         if trainer.resume()? {
             eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
@@ -334,6 +351,7 @@ fn run_sd(args: &Args, cfg: FinetuneConfig, device: divrl::tch::Device) -> anyho
     }
     let out = cfg.out.clone();
     let mut trainer = divrl::rl::SdFinetuner::new(cfg, sd, phi, references)?;
+    let _lock = claim(args, &out)?;
     if args.resume {
         if trainer.resume()? {
             eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);

@@ -151,6 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.out.is_none() && args.out_dir.is_none() && args.npy.is_none() {
         bail!("nothing to write: give --out (grid), --out-dir (one PNG per image) and/or --npy");
     }
+    if args.nrow == Some(0) {
+        bail!("--nrow must be at least 1 (images per grid row), got 0");
+    }
     if let Some(o) = &args.out {
         check_ext("--out", o, "png")?;
     }

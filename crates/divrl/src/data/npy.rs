@@ -20,15 +20,18 @@ pub fn read_npy_images(path: &Path) -> Result<(Vec<f32>, usize, usize, usize, us
         npyz::DType::Plain(t) => t.to_string(),
         _ => bail!("{}: structured arrays are not supported", path.display()),
     };
+    let truncated = || format!("{}: truncated or corrupt .npy data", path.display());
     let vals: Vec<f32> = match &ts[1..] {
         "u1" => npy
-            .into_vec::<u8>()?
+            .into_vec::<u8>()
+            .with_context(truncated)?
             .into_iter()
             .map(|v| v as f32 / 255.0)
             .collect(),
-        "f4" => npy.into_vec::<f32>()?,
+        "f4" => npy.into_vec::<f32>().with_context(truncated)?,
         "f8" => npy
-            .into_vec::<f64>()?
+            .into_vec::<f64>()
+            .with_context(truncated)?
             .into_iter()
             .map(|v| v as f32)
             .collect(),
@@ -47,8 +50,20 @@ pub fn read_npy_images(path: &Path) -> Result<(Vec<f32>, usize, usize, usize, us
             shape
         ),
     };
-    if n == 0 {
-        bail!("{}: empty array", path.display());
+    if n == 0 || h == 0 || w == 0 {
+        bail!("{}: empty array (shape {:?})", path.display(), shape);
+    }
+    // npyz counts elements with a wrapping product: a header can claim more than was read.
+    let count = [n, c, h, w]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d));
+    if count != Some(vals.len()) || i64::try_from(vals.len()).is_err() {
+        bail!(
+            "{}: shape {:?} does not match the {} values stored",
+            path.display(),
+            shape,
+            vals.len()
+        );
     }
     if vals.iter().any(|v| !v.is_finite()) {
         bail!("{}: non-finite values", path.display());
@@ -84,11 +99,27 @@ pub fn read_npy_labels(path: &Path) -> Result<Vec<i64>> {
             npy.shape()
         );
     }
+    let truncated = || format!("{}: truncated or corrupt .npy data", path.display());
     Ok(match &ts[1..] {
-        "u1" => npy.into_vec::<u8>()?.into_iter().map(i64::from).collect(),
-        "i4" => npy.into_vec::<i32>()?.into_iter().map(i64::from).collect(),
-        "i8" => npy.into_vec::<i64>()?,
-        "u4" => npy.into_vec::<u32>()?.into_iter().map(i64::from).collect(),
+        "u1" => npy
+            .into_vec::<u8>()
+            .with_context(truncated)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        "i4" => npy
+            .into_vec::<i32>()
+            .with_context(truncated)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        "i8" => npy.into_vec::<i64>().with_context(truncated)?,
+        "u4" => npy
+            .into_vec::<u32>()
+            .with_context(truncated)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
         other => bail!(
             "{}: label dtype {other} not supported (integers)",
             path.display()

@@ -934,7 +934,10 @@ fn debias(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
         Ok(c)
     };
     let base_cfg = skew(RewardKind::Mmd)?;
-    if !base_cfg.base.join("config.toml").exists() {
+    if !crate::features::resolve_model_path(&base_cfg.base)
+        .join("config.toml")
+        .exists()
+    {
         bail!(
             "the debias experiment needs a base model trained on the skewed variant at {} (divrl train-base --data fashion-mnist-skewed --out {}), or --base",
             base_cfg.base.display(),

@@ -376,6 +376,7 @@ impl SdFinetuner {
 
     /// Restores the newest checkpoint of `out`; false when there is none.
     pub fn resume(&mut self) -> Result<bool> {
+        let _lock = crate::run_lock::lock_run_folder(&self.cfg.out)?;
         let root = self.cfg.out.join(CHECKPOINTS_DIR);
         let latest = root.join(LATEST_FILE);
         if !latest.exists() {
@@ -430,7 +431,7 @@ impl SdFinetuner {
     /// Runs epochs until `cfg.epochs` (log, sample grids, checkpoints), then exports the LoRA.
     pub fn run(&mut self, progress: bool) -> Result<PathBuf> {
         let out = self.cfg.out.clone();
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let _lock = crate::run_lock::lock_run_folder(&out)?;
         write_toml(&out.join("config.toml"), &self.cfg)?;
         let total = self.cfg.epochs;
         while self.epoch < total {

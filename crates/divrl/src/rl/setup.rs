@@ -102,8 +102,9 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
     cfg.validate()?;
     crate::device::set_threads(cfg.threads);
     let device = crate::device::parse_device(&cfg.device)?;
-    let model = crate::checkpoint::load_model(&cfg.base, device, true)
-        .with_context(|| format!("loading base checkpoint {}", cfg.base.display()))?;
+    let base = crate::features::resolve_model_path(&cfg.base);
+    let model = crate::checkpoint::load_model(&base, device, true)
+        .with_context(|| format!("loading base checkpoint {}", base.display()))?;
     let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
     let splits = crate::data::load_splits(&cfg.data)?;
     let k = model.config.model.num_classes;

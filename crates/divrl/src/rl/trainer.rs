@@ -748,6 +748,7 @@ impl Finetuner {
     /// Restores the newest checkpoint of `out` (weights, optimizer, tracker, RNG, epoch, log).
     /// Returns false when there is none.
     pub fn resume(&mut self) -> Result<bool> {
+        let _lock = crate::run_lock::lock_run_folder(&self.cfg.out)?;
         let root = self.cfg.out.join(CHECKPOINTS_DIR);
         let latest = root.join(LATEST_FILE);
         if !latest.exists() {
@@ -851,7 +852,7 @@ impl Finetuner {
         on_eval: &mut dyn FnMut(usize, &EvalReport, &Tensor) -> Result<()>,
     ) -> Result<Vec<(usize, EvalReport)>> {
         let out = self.cfg.out.clone();
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let _lock = crate::run_lock::lock_run_folder(&out)?;
         write_toml(&out.join("config.toml"), &self.cfg)?;
         let mut evals = Vec::new();
         let do_eval = self.cfg.eval_every > 0 && self.eval.is_some();
