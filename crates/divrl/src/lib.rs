@@ -8,6 +8,7 @@
 //! - [`train`]: DDPM base training; [`checkpoint`]: loading.
 //! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
 //!   tables on our data (selection, guidance, debias, ablation).
+pub mod audit;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
