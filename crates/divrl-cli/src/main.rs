@@ -47,6 +47,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// The paper's experiments on our data: selection, guidance, debias, ablation
     Experiment(cmd::experiment::Args),
+    /// Reward audit: can ϕ and the reward see the attribute to balance (generated vs real)?
+    Audit(cmd::audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::SdSample(args) => cmd::sd_sample::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Experiment(args) => cmd::experiment::run(args),
+        Command::Audit(args) => cmd::audit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 //! - [`run_lock`]: one process per run folder, and removal of what killed runs left behind.
 //! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
 //!   tables on our data (selection, guidance, debias, ablation).
+pub mod audit;
 pub mod cads;
 pub mod checkpoint;
 pub mod config;

@@ -1,5 +1,6 @@
 //! One module per verb: `Args` (clap) and `run`.
 
+pub mod audit;
 pub mod demo;
 pub mod eval;
 pub mod experiment;
