@@ -10,12 +10,17 @@ import divrl
 
 def test_python_threads_run_during_a_long_call():
     rng = np.random.default_rng(0)
-    cands = rng.normal(size=(400, 16, 32))
+    cands = rng.normal(size=(8000, 16, 32))
     ref = rng.normal(size=(64, 32))
-    start = time.perf_counter()
-    divrl.select(cands[:10], ref, 6, kind="gp-mi")
-    per_set = (time.perf_counter() - start) / 10
-    sets = int(min(400, max(20, 0.6 / per_set)))  # aim at ~0.6 s
+    divrl.select(cands[:10], ref, 6, kind="gp-mi")  # warm-up (thread pool, caches)
+    # Enough sets for a call of at least ~0.3 s on this machine, whatever its speed and load.
+    sets = 50
+    while True:
+        start = time.perf_counter()
+        divrl.select(cands[:sets], ref, 6, kind="gp-mi")
+        if time.perf_counter() - start >= 0.3 or sets == len(cands):
+            break
+        sets = min(len(cands), sets * 4)
 
     # The spinning thread records the longest time it went without running. Were the GIL held
     # through the call, that gap would span the whole call.
