@@ -608,18 +608,8 @@ fn counts(attrs: &[u8]) -> Vec<usize> {
 pub fn run_audit(cfg: &AuditConfig) -> Result<AuditReport> {
     cfg.validate()?;
     let t0 = std::time::Instant::now();
-    let model = crate::checkpoint::load_model(&cfg.base, cfg.device, true)
-        .with_context(|| format!("loading base checkpoint {}", cfg.base.display()))?;
-    let splits = crate::data::load_splits(&cfg.data)?;
+    let (model, splits) = crate::rl::setup::load_base_and_data(&cfg.base, &cfg.data, cfg.device)?;
     let k = model.config.model.num_classes;
-    if splits.reference.num_classes() != k {
-        bail!(
-            "data set {} has {} classes, the base model {}",
-            cfg.data,
-            splits.reference.num_classes(),
-            k
-        );
-    }
     let eval_attrs = splits.eval.attributes.clone().with_context(|| {
         format!(
             "data set {} has no attribute to audit (e.g. fashion-mnist-skewed)",

@@ -4,7 +4,7 @@
 //! Pixels are quantised as the sample grids are: `round((clamp(x, −1, 1) + 1) · 127.5)`.
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::config::write_atomic;
 
@@ -24,18 +24,8 @@ impl Images8 {
         if s.len() != 4 || !(s[1] == 1 || s[1] == 3) || s[0] == 0 {
             bail!("expected [N, 1|3, H, W] images, got {s:?}");
         }
-        let u8s = ((images
-            .detach()
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .clamp(-1.0, 1.0)
-            + 1.0)
-            * 127.5)
-            .round()
-            .to_kind(Kind::Uint8)
-            .contiguous();
         Ok(Self {
-            data: Vec::<u8>::try_from(&u8s.flatten(0, -1))?,
+            data: crate::sample::to_u8(images)?,
             n: s[0] as usize,
             c: s[1] as usize,
             h: s[2] as usize,

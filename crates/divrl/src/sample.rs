@@ -181,6 +181,22 @@ pub fn recompute_log_prob<M: EpsModel + ?Sized>(
     .expect("the trajectory's sampler was validated when it was sampled")
 }
 
+/// `[-1, 1]` images as 8-bit pixels (round((x + 1) · 127.5)), flattened in the tensor's order:
+/// the quantisation of every PNG grid and image export.
+pub fn to_u8(images: &Tensor) -> Result<Vec<u8>> {
+    let u8s = ((images
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .clamp(-1.0, 1.0)
+        + 1.0)
+        * 127.5)
+        .round()
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    Ok(Vec::<u8>::try_from(&u8s.flatten(0, -1))?)
+}
+
 /// Images in [-1, 1] (`[N, C, H, W]`, C = 1 or 3) → one grid image with `nrow` images per row
 /// and a 2-pixel border.
 pub fn make_grid(images: &Tensor, nrow: usize) -> Result<image::DynamicImage> {
@@ -194,17 +210,7 @@ pub fn make_grid(images: &Tensor, nrow: usize) -> Result<image::DynamicImage> {
     let pad = 2;
     let gw = nrow * (w + pad) + pad;
     let gh = rows * (h + pad) + pad;
-    let u8s = ((images
-        .detach()
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .clamp(-1.0, 1.0)
-        + 1.0)
-        * 127.5)
-        .round()
-        .to_kind(Kind::Uint8)
-        .contiguous();
-    let data: Vec<u8> = Vec::<u8>::try_from(&u8s.flatten(0, -1))?;
+    let data = to_u8(images)?;
     let mut buf = vec![0u8; gw * gh * c];
     for i in 0..n {
         let (gy, gx) = (i / nrow, i % nrow);

@@ -72,6 +72,29 @@ pub fn reference_features(
     Ok(references)
 }
 
+/// The base checkpoint (a relative `models/…` path is also found from any working directory)
+/// and the data set's splits, checked to have the same number of classes.
+pub fn load_base_and_data(
+    base: &std::path::Path,
+    data: &str,
+    device: tch::Device,
+) -> Result<(crate::checkpoint::LoadedModel, crate::data::Splits)> {
+    let base = crate::features::resolve_model_path(base);
+    let model = crate::checkpoint::load_model(&base, device, true)
+        .with_context(|| format!("loading base checkpoint {}", base.display()))?;
+    let splits = crate::data::load_splits(data)?;
+    let k = model.config.model.num_classes;
+    if splits.reference.num_classes() != k {
+        bail!(
+            "data set {} has {} classes, the base model {}",
+            data,
+            splits.reference.num_classes(),
+            k
+        );
+    }
+    Ok((model, splits))
+}
+
 /// Features of `images` (`[0, 1]`) under `ext`, through the on-disk feature cache
 /// ([`crate::features::FeatureCache`]) keyed by the images' content: the held-out set's
 /// Inception features cost minutes on a CPU and never change.
@@ -102,20 +125,9 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
     cfg.validate()?;
     crate::device::set_threads(cfg.threads);
     let device = crate::device::parse_device(&cfg.device)?;
-    let base = crate::features::resolve_model_path(&cfg.base);
-    let model = crate::checkpoint::load_model(&base, device, true)
-        .with_context(|| format!("loading base checkpoint {}", base.display()))?;
-    let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
-    let splits = crate::data::load_splits(&cfg.data)?;
+    let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
     let k = model.config.model.num_classes;
-    if splits.reference.num_classes() != k {
-        bail!(
-            "data set {} has {} classes, the base model {}",
-            cfg.data,
-            splits.reference.num_classes(),
-            k
-        );
-    }
+    let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
     let classes: Vec<i64> = if cfg.classes.is_empty() {
         (0..k).collect()
     } else {

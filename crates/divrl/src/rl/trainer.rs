@@ -651,7 +651,7 @@ impl Finetuner {
         if let Some((ext, real)) = &ev.independent {
             let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
             let e = tch::no_grad(|| extract(ext.as_ref(), &x01, 0, false))?;
-            let mut ind = crate::eval::evaluate(
+            let ind = crate::eval::evaluate(
                 ext.name(),
                 &e.features,
                 real,
@@ -659,7 +659,6 @@ impl Finetuner {
                 None,
                 EvalOptions::default(),
             )?;
-            ind.attribute = None;
             report.independent = Some(Box::new(ind));
         }
         if let Some((real, real_labels)) = &ev.pixels {
