@@ -239,12 +239,12 @@ fn debias_reports_attribute_kl_with_balanced_references() {
                 "--out",
                 out.to_str().unwrap(),
             ])
-            .args(["--guidance", "2", "--no-progress"]),
+            .args(["--guidance", "2", "--seeds", "2", "--no-progress"]),
     );
     let t = json(&out.join("table.json"));
     let cells = t["cells"].as_array().unwrap();
     let names: Vec<&str> = cells.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["baseline", "mmd", "gp-mi"]);
+    assert_eq!(names, ["base-s1", "rl-s1", "base-s2", "rl-s2"]);
     for c in cells {
         let a = &c["report"]["attribute"];
         let counts: Vec<u64> = a["counts"]
@@ -266,16 +266,66 @@ fn debias_reports_attribute_kl_with_balanced_references() {
     }
     let md = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(
-        md.contains("KL to uniform") && md.contains("balanced: 4 normal + 4 inverted"),
+        md.contains("KL to uniform")
+            && md.contains("balanced: 4 normal + 4 inverted")
+            && md.contains("inverted share")
+            && md.contains("Mean ± sd over seeds")
+            && md.contains("| rl-mmd | 2 |"),
         "{md}"
     );
     // The run used the skewed data set and balanced references.
-    let run_cfg = std::fs::read_to_string(out.join("cells/mmd/config.toml")).unwrap();
+    let run_cfg = std::fs::read_to_string(out.join("cells/rl-s1/config.toml")).unwrap();
     assert!(
         run_cfg.contains("data = \"fashion-mnist-skewed\""),
         "{run_cfg}"
     );
     assert!(run_cfg.contains("balanced_reference = true"), "{run_cfg}");
+
+    // The three-valued background attribute: three counts, KL over three values.
+    let out = d.join("deb-bg");
+    run_ok(
+        divrl()
+            .args([
+                "experiment",
+                "debias",
+                "--quick",
+                "--attribute",
+                "background",
+            ])
+            .args(["--base", base.to_str().unwrap()])
+            .args(["--config", ov.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--no-progress"]),
+    );
+    let t = json(&out.join("table.json"));
+    for c in t["cells"].as_array().unwrap() {
+        let a = &c["report"]["attribute"];
+        assert_eq!(a["source"], "background", "{a}");
+        let counts: Vec<f64> = a["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(counts.len(), 3);
+        let n: f64 = counts.iter().sum();
+        let kl: f64 = counts
+            .iter()
+            .filter(|&&c| c > 0.0)
+            .map(|&c| c / n * (3.0 * c / n).ln())
+            .sum();
+        assert!((a["kl_to_uniform"].as_f64().unwrap() - kl).abs() < 1e-9);
+    }
+    let md = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(md.contains("3 black + 3 gray + 2 light"), "{md}");
+    assert!(md.contains("light share"), "{md}");
+    let run_cfg = std::fs::read_to_string(out.join("cells/rl-s1/config.toml")).unwrap();
+    assert!(
+        run_cfg.contains("data = \"fashion-mnist-background\""),
+        "{run_cfg}"
+    );
+    // --attribute and --seeds belong to the experiments that use them.
+    let e = run_err(divrl().args(["experiment", "guidance", "--attribute", "background"]));
+    assert!(e.contains("--attribute belongs"), "{e}");
 }
 
 #[test]

@@ -25,5 +25,6 @@ pub fn reward_spec(
         sigma,
         jitter,
         k,
+        ..RewardSpec::new(kind)
     })
 }

@@ -29,4 +29,4 @@ pub mod within_class;
 pub use error::{Error, Result};
 pub use features::Features;
 pub use kernel::{median_pairwise_distance, Kernel};
-pub use reward::{DiversityReward, RewardKind, RewardOutput, RewardSpec};
+pub use reward::{DiversityReward, MmdKernel, RewardKind, RewardOutput, RewardSpec};

@@ -64,12 +64,57 @@ pub struct RewardSpec {
     pub gamma: Option<f64>,
     /// Polynomial kernel offset (MMD), default 1.
     pub coef0: Option<f64>,
-    /// RBF bandwidth (GP-MI), default the median pairwise distance of the references.
+    /// RBF bandwidth (GP-MI, and MMD with the RBF kernel), default `sigma_scale` × the median
+    /// pairwise distance of the references.
     pub sigma: Option<f64>,
+    /// Multiple of the references' median pairwise distance used as the RBF bandwidth when
+    /// `sigma` is not given (default 1).
+    pub sigma_scale: f64,
+    /// Kernel of the MMD reward: the KID polynomial kernel (default) or the RBF kernel.
+    pub mmd_kernel: MmdKernel,
     /// Added to the kernel diagonal before log-determinants (GP-MI).
     pub jitter: f64,
     /// Nearest-neighbour rank of the ball radius (Recall).
     pub k: usize,
+}
+
+/// The kernel of the MMD reward. The polynomial (KID) kernel compares low-order moments of the
+/// two sets; the RBF kernel, at a bandwidth near the references' typical distance, compares the
+/// sets point by point, so a generated set is rewarded for sitting near *many* references.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MmdKernel {
+    #[default]
+    Polynomial,
+    Rbf,
+}
+
+impl MmdKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            MmdKernel::Polynomial => "polynomial",
+            MmdKernel::Rbf => "rbf",
+        }
+    }
+}
+
+impl std::fmt::Display for MmdKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MmdKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "polynomial" | "poly" => Ok(MmdKernel::Polynomial),
+            "rbf" => Ok(MmdKernel::Rbf),
+            _ => Err(Error::param(format!(
+                "unknown MMD kernel {s:?}: expected polynomial or rbf"
+            ))),
+        }
+    }
 }
 
 impl Default for RewardSpec {
@@ -80,6 +125,8 @@ impl Default for RewardSpec {
             gamma: None,
             coef0: None,
             sigma: None,
+            sigma_scale: 1.0,
+            mmd_kernel: MmdKernel::Polynomial,
             jitter: 1e-6,
             k: 3,
         }
@@ -91,6 +138,23 @@ impl RewardSpec {
         RewardSpec {
             kind,
             ..Default::default()
+        }
+    }
+
+    /// The RBF bandwidth for `reference`: `sigma`, or `sigma_scale` × the median pairwise
+    /// distance of the references.
+    pub fn rbf_sigma(&self, reference: &Features) -> Result<f64> {
+        match self.sigma {
+            Some(s) => Ok(s),
+            None => {
+                if !(self.sigma_scale.is_finite() && self.sigma_scale > 0.0) {
+                    return Err(Error::param(format!(
+                        "sigma_scale must be a positive number, got {}",
+                        self.sigma_scale
+                    )));
+                }
+                Ok(self.sigma_scale * median_pairwise_distance(reference)?)
+            }
         }
     }
 }
@@ -159,8 +223,15 @@ impl DiversityReward {
                         "the unbiased MMD needs at least 2 reference samples, got {n}"
                     )));
                 }
-                let kernel =
-                    Kernel::polynomial(out.reference.dim(), spec.degree, spec.gamma, spec.coef0)?;
+                let kernel = match spec.mmd_kernel {
+                    MmdKernel::Polynomial => Kernel::polynomial(
+                        out.reference.dim(),
+                        spec.degree,
+                        spec.gamma,
+                        spec.coef0,
+                    )?,
+                    MmdKernel::Rbf => Kernel::rbf(spec.rbf_sigma(&out.reference)?)?,
+                };
                 let k_rr = kernel.cross(&out.reference, &out.reference);
                 kernel.check_finite(&k_rr, "the reference features")?;
                 let mut off = 0.0;
@@ -193,11 +264,7 @@ impl DiversityReward {
                         "the GP-MI reward needs at least 1 reference sample, got 0",
                     ));
                 }
-                let sigma = match spec.sigma {
-                    Some(s) => s,
-                    None => median_pairwise_distance(&out.reference)?,
-                };
-                let kernel = Kernel::rbf(sigma)?;
+                let kernel = Kernel::rbf(spec.rbf_sigma(&out.reference)?)?;
                 let mut a_rr = kernel.cross(&out.reference, &out.reference);
                 kernel.check_finite(&a_rr, "the reference features")?;
                 for i in 0..n {

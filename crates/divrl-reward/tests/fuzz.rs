@@ -8,7 +8,7 @@ use std::path::Path;
 use divrl_reward::io::{read_array, read_features, write_npy};
 use divrl_reward::metrics::{fid, inception_score, prdc};
 use divrl_reward::select::{select, Criterion, Method};
-use divrl_reward::{DiversityReward, Features, RewardKind, RewardSpec};
+use divrl_reward::{DiversityReward, Features, MmdKernel, RewardKind, RewardSpec};
 use proptest::prelude::*;
 
 /// Writes `bytes` as `name` in a fresh temp folder and reads it back as an array and as features.
@@ -208,46 +208,64 @@ fn positive_param() -> impl Strategy<Value = Option<f64>> {
 
 fn spec() -> impl Strategy<Value = RewardSpec> {
     (
-        prop_oneof![
-            Just(RewardKind::Mmd),
-            Just(RewardKind::GpMi),
-            Just(RewardKind::Recall)
-        ],
-        prop_oneof![
-            Just(None),
-            (0u32..8).prop_map(Some),
-            Just(Some(1000)),
-            Just(Some(i32::MAX as u32)),
-            Just(Some(u32::MAX)),
-            any::<u32>().prop_map(Some),
-        ],
-        positive_param(),
-        positive_param(),
-        positive_param(),
-        prop_oneof![
-            Just(1e-6),
-            Just(0.0),
-            Just(1e308),
-            Just(-1.0),
-            Just(f64::NAN),
-            (-12i32..3).prop_map(|e| 10f64.powi(e))
-        ],
-        prop_oneof![
-            0usize..8,
-            Just(usize::MAX),
-            Just(usize::MAX - 1),
-            Just(usize::MAX / 2 + 1),
-        ],
+        (
+            prop_oneof![
+                Just(RewardKind::Mmd),
+                Just(RewardKind::GpMi),
+                Just(RewardKind::Recall)
+            ],
+            prop_oneof![
+                Just(None),
+                (0u32..8).prop_map(Some),
+                Just(Some(1000)),
+                Just(Some(i32::MAX as u32)),
+                Just(Some(u32::MAX)),
+                any::<u32>().prop_map(Some),
+            ],
+            positive_param(),
+            positive_param(),
+            positive_param(),
+            prop_oneof![
+                Just(1e-6),
+                Just(0.0),
+                Just(1e308),
+                Just(-1.0),
+                Just(f64::NAN),
+                (-12i32..3).prop_map(|e| 10f64.powi(e))
+            ],
+            prop_oneof![
+                0usize..8,
+                Just(usize::MAX),
+                Just(usize::MAX - 1),
+                Just(usize::MAX / 2 + 1),
+            ],
+        ),
+        (
+            prop_oneof![
+                Just(1.0),
+                Just(2.0),
+                Just(0.0),
+                Just(-1.0),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                (-160i32..160).prop_map(|e| 10f64.powi(e))
+            ],
+            prop_oneof![Just(MmdKernel::Polynomial), Just(MmdKernel::Rbf)],
+        ),
     )
         .prop_map(
-            |(kind, degree, gamma, coef0, sigma, jitter, k)| RewardSpec {
-                kind,
-                degree,
-                gamma,
-                coef0,
-                sigma,
-                jitter,
-                k,
+            |((kind, degree, gamma, coef0, sigma, jitter, k), (sigma_scale, mmd_kernel))| {
+                RewardSpec {
+                    kind,
+                    degree,
+                    gamma,
+                    coef0,
+                    sigma,
+                    sigma_scale,
+                    mmd_kernel,
+                    jitter,
+                    k,
+                }
             },
         )
 }

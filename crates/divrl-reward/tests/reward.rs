@@ -2,7 +2,7 @@ mod common;
 
 use common::*;
 use divrl_reward::{
-    median_pairwise_distance, DiversityReward, Features, Kernel, RewardKind, RewardSpec,
+    median_pairwise_distance, DiversityReward, Features, Kernel, MmdKernel, RewardKind, RewardSpec,
 };
 use proptest::prelude::*;
 
@@ -62,10 +62,14 @@ fn median_heuristic_is_the_median_pairwise_distance() {
 }
 
 fn check_against_brute(kind: RewardKind, m: usize, n: usize, d: usize, seed: u64) {
+    check_spec_against_brute(RewardSpec::new(kind), m, n, d, seed)
+}
+
+fn check_spec_against_brute(spec: RewardSpec, m: usize, n: usize, d: usize, seed: u64) {
+    let kind = spec.kind;
     let mut r = rng(seed);
     let g = gaussian(&mut r, m, d, 0.5, 1.0);
     let x = gaussian(&mut r, n, d, 0.0, 1.0);
-    let spec = RewardSpec::new(kind);
     let reward = DiversityReward::new(&spec, x.clone()).unwrap();
     let out = reward.evaluate(&g).unwrap();
     let brute = |set: &Features| match kind {
@@ -101,6 +105,61 @@ fn mmd_matches_brute_force() {
     check_against_brute(RewardKind::Mmd, 5, 50, 64, 2);
     check_against_brute(RewardKind::Mmd, 3, 2, 3, 3);
     check_against_brute(RewardKind::Mmd, 12, 7, 16, 4);
+}
+
+#[test]
+fn mmd_with_the_rbf_kernel_matches_brute_force() {
+    for (scale, m, n, d, seed) in [
+        (1.0, 5, 50, 64, 12),
+        (0.5, 3, 2, 3, 13),
+        (2.0, 12, 7, 16, 14),
+    ] {
+        let spec = RewardSpec {
+            mmd_kernel: MmdKernel::Rbf,
+            sigma_scale: scale,
+            ..RewardSpec::new(RewardKind::Mmd)
+        };
+        check_spec_against_brute(spec, m, n, d, seed);
+    }
+}
+
+#[test]
+fn sigma_scale_multiplies_the_median_bandwidth_unless_sigma_is_given() {
+    let x = Features::from_rows("x", &[vec![0.0], vec![1.0], vec![3.0], vec![7.0]]).unwrap();
+    for kind in [RewardKind::Mmd, RewardKind::GpMi] {
+        let spec = RewardSpec {
+            mmd_kernel: MmdKernel::Rbf,
+            sigma_scale: 2.0,
+            ..RewardSpec::new(kind)
+        };
+        let r = DiversityReward::new(&spec, x.clone()).unwrap();
+        assert_eq!(r.kernel(), Some(Kernel::Rbf { sigma: 7.0 }), "{kind}");
+        let fixed = RewardSpec {
+            sigma: Some(0.3),
+            ..spec
+        };
+        let r = DiversityReward::new(&fixed, x.clone()).unwrap();
+        assert_eq!(r.kernel(), Some(Kernel::Rbf { sigma: 0.3 }), "{kind}");
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = DiversityReward::new(
+                &RewardSpec {
+                    sigma_scale: bad,
+                    ..spec.clone()
+                },
+                x.clone(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("sigma_scale"), "{e}");
+        }
+    }
+    // The polynomial MMD kernel ignores the bandwidth settings.
+    let poly = RewardSpec {
+        sigma_scale: 2.0,
+        ..RewardSpec::new(RewardKind::Mmd)
+    };
+    let r = DiversityReward::new(&poly, x).unwrap();
+    assert!(matches!(r.kernel(), Some(Kernel::Polynomial { .. })));
 }
 
 #[test]

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use divrl_reward::{median_pairwise_distance, DiversityReward, Features, RewardKind, RewardSpec};
+use divrl_reward::{DiversityReward, Features, MmdKernel, RewardKind, RewardSpec};
 
 use crate::features::{Extractor, FeatureCache};
 use crate::rl::advantage::{clip_advantages, mean_std, ConditionStatTracker};
@@ -376,50 +376,56 @@ pub fn nearest_neighbours(
     }
 }
 
-/// The rarer value of a binary attribute (ties: 1).
-pub fn rarer_value(values: &[u8]) -> u8 {
-    let ones = values.iter().filter(|&&v| v == 1).count();
-    u8::from(2 * ones <= values.len())
+/// The value of `0..arity` that occurs least often in `values` (the highest on ties).
+pub fn rarest_value(values: &[u8], arity: usize) -> u8 {
+    let c = counts(values, arity);
+    (0..arity)
+        .rev()
+        .min_by_key(|&v| c[v])
+        .map_or(0, |v| v as u8)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The audit of a base model
 // ---------------------------------------------------------------------------------------------
 
-/// One reward to audit: a [`RewardSpec`] whose RBF bandwidth, when unset, is `sigma_scale` ×
-/// the median pairwise distance of each class's references.
+/// One reward to audit: a [`RewardSpec`] (its RBF bandwidth, when unset, is the spec's
+/// `sigma_scale` × the median pairwise distance of each class's references).
 #[derive(Debug, Clone, Serialize)]
 pub struct RewardArm {
     pub spec: RewardSpec,
-    pub sigma_scale: f64,
 }
 
 impl RewardArm {
-    /// "mmd", "gp-mi", "gp-mi σ=2×median λ=0.01".
+    /// "mmd", "gp-mi", "gp-mi σ=2×median λ=0.01", "mmd rbf σ=0.5×median".
     pub fn label(&self) -> String {
         let mut s = self.spec.kind.name().to_string();
-        if self.spec.kind == RewardKind::GpMi {
+        let rbf = match self.spec.kind {
+            RewardKind::GpMi => true,
+            RewardKind::Mmd if self.spec.mmd_kernel == MmdKernel::Rbf => {
+                s.push_str(" rbf");
+                true
+            }
+            _ => false,
+        };
+        if rbf {
             match self.spec.sigma {
                 Some(v) => s.push_str(&format!(" σ={v}")),
-                None if self.sigma_scale != 1.0 => {
-                    s.push_str(&format!(" σ={}×median", self.sigma_scale))
+                None if self.spec.sigma_scale != 1.0 => {
+                    s.push_str(&format!(" σ={}×median", self.spec.sigma_scale))
                 }
                 None => {}
             }
-            if self.spec.jitter != 1e-6 {
-                s.push_str(&format!(" λ={}", self.spec.jitter));
-            }
+        }
+        if self.spec.kind == RewardKind::GpMi && self.spec.jitter != 1e-6 {
+            s.push_str(&format!(" λ={}", self.spec.jitter));
         }
         s
     }
 
     /// The reward of one class bound to its references.
     pub fn bind(&self, reference: &Features) -> Result<DiversityReward> {
-        let mut spec = self.spec.clone();
-        if spec.kind == RewardKind::GpMi && spec.sigma.is_none() {
-            spec.sigma = Some(self.sigma_scale * median_pairwise_distance(reference)?);
-        }
-        Ok(DiversityReward::new(&spec, reference.clone())?)
+        Ok(DiversityReward::new(&self.spec, reference.clone())?)
     }
 }
 
@@ -479,9 +485,6 @@ impl AuditConfig {
         if self.extractor_weights.is_some() && self.extractors.len() > 1 {
             bail!("--extractor-weights needs exactly one --extractor");
         }
-        if matches!(self.minority, Some(v) if v > 1) {
-            bail!("--minority must be 0 or 1");
-        }
         for r in &self.rewards {
             if !matches!(r.spec.kind, RewardKind::Mmd | RewardKind::GpMi) {
                 bail!(
@@ -489,8 +492,8 @@ impl AuditConfig {
                     r.spec.kind.name()
                 );
             }
-            if !(r.sigma_scale.is_finite() && r.sigma_scale > 0.0) {
-                bail!("--sigma-scale must be positive, got {}", r.sigma_scale);
+            if !(r.spec.sigma_scale.is_finite() && r.spec.sigma_scale > 0.0) {
+                bail!("--sigma-scale must be positive, got {}", r.spec.sigma_scale);
             }
         }
         Ok(())
@@ -598,9 +601,9 @@ fn by_class(all: &Features, labels: &[i64], attrs: &[u8], classes: &[i64]) -> Ve
         .collect()
 }
 
-fn counts(attrs: &[u8]) -> Vec<usize> {
-    (0..2u8)
-        .map(|v| attrs.iter().filter(|&&a| a == v).count())
+fn counts(attrs: &[u8], arity: usize) -> Vec<usize> {
+    (0..arity)
+        .map(|v| attrs.iter().filter(|&&a| a as usize == v).count())
         .collect()
 }
 
@@ -610,7 +613,7 @@ pub fn run_audit(cfg: &AuditConfig) -> Result<AuditReport> {
     let t0 = std::time::Instant::now();
     let (model, splits) = crate::rl::setup::load_base_and_data(&cfg.base, &cfg.data, cfg.device)?;
     let k = model.config.model.num_classes;
-    let eval_attrs = splits.eval.attributes.clone().with_context(|| {
+    let attr = splits.eval.attribute.clone().with_context(|| {
         format!(
             "data set {} has no attribute to audit (e.g. fashion-mnist-skewed)",
             cfg.data
@@ -634,14 +637,23 @@ pub fn run_audit(cfg: &AuditConfig) -> Result<AuditReport> {
         real_idx.extend(idx);
     }
     let real = splits.eval.subset(&real_idx);
-    let real_attrs: Vec<u8> = real_idx.iter().map(|&i| eval_attrs[i]).collect();
+    let (kind, arity) = (attr.kind, attr.kind.arity());
+    if matches!(cfg.minority, Some(v) if v as usize >= arity) {
+        bail!(
+            "--minority must be below {arity} for the {} attribute",
+            kind.name()
+        );
+    }
+    let real_attrs: Vec<u8> = real_idx.iter().map(|&i| attr.values[i]).collect();
 
     let ts = std::time::Instant::now();
     let (gen, gen_labels) = sample_images(cfg, &model)?;
     let sampling_seconds = ts.elapsed().as_secs_f64();
     drop(model);
-    let gen_attrs = crate::data::inversion_oracle(&gen)?;
-    let minority = cfg.minority.unwrap_or_else(|| rarer_value(&gen_attrs));
+    let gen_attrs = kind.oracle(&gen)?;
+    let minority = cfg
+        .minority
+        .unwrap_or_else(|| rarest_value(&gen_attrs, arity));
     let params = DrawParams {
         m: cfg.m,
         draws: cfg.draws,
@@ -710,8 +722,8 @@ pub fn run_audit(cfg: &AuditConfig) -> Result<AuditReport> {
         per_class: cfg.per_class,
         ref_per_class: cfg.ref_per_class,
         draws: params,
-        generated_counts: counts(&gen_attrs),
-        real_counts: counts(&real_attrs),
+        generated_counts: counts(&gen_attrs, arity),
+        real_counts: counts(&real_attrs, arity),
         extractors,
         sampling_seconds,
         seconds: t0.elapsed().as_secs_f64(),
@@ -846,8 +858,11 @@ mod tests {
         assert_eq!(standing(&[2.0, 2.0], 0), (false, 0.0));
         let set = Features::from_rows("s", &[vec![0.0, 0.0], vec![3.0, 4.0]]).unwrap();
         assert_eq!(nearest_distance(&[3.0, 0.0], &set), 3.0);
-        assert_eq!(rarer_value(&[0, 0, 1]), 1);
-        assert_eq!(rarer_value(&[1, 1, 0]), 0);
+        assert_eq!(rarest_value(&[0, 0, 1], 2), 1);
+        assert_eq!(rarest_value(&[1, 1, 0], 2), 0);
+        assert_eq!(rarest_value(&[0, 1], 2), 1);
+        assert_eq!(rarest_value(&[0, 0, 1, 2, 2, 1, 0], 3), 2);
+        assert_eq!(rarest_value(&[0, 0, 0, 1, 2, 2], 3), 1);
     }
 
     /// Class 0: majority images clustered at the origin, minority ones far out along an axis
@@ -874,7 +889,6 @@ mod tests {
         let refs = Features::from_rows("r", &refs).unwrap();
         let arm = RewardArm {
             spec: RewardSpec::new(RewardKind::Mmd),
-            sigma_scale: 1.0,
         };
         let samples = vec![ClassSamples {
             class: 0,

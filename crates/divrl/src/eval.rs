@@ -56,6 +56,16 @@ impl AttributeReport {
             kl_to_uniform: kl,
         })
     }
+
+    /// The histogram of a data set attribute's exact oracle on images `[N, C, H, W]` in [0, 1].
+    pub fn from_oracle(kind: crate::data::AttributeKind, images: &Tensor) -> Result<Self> {
+        let labels: Vec<usize> = kind.oracle(images)?.into_iter().map(usize::from).collect();
+        Self::new(
+            kind.name(),
+            kind.value_names().iter().map(|s| s.to_string()).collect(),
+            &labels,
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

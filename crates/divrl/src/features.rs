@@ -462,7 +462,7 @@ pub enum ImageSource {
     Npy(PathBuf),
     /// An IDX image file (`*-idx3-ubyte[.gz]`).
     Idx(PathBuf),
-    /// A built-in data set pool: `fashion-mnist[-skewed]:train|test|eval|reference`.
+    /// A built-in data set pool: `fashion-mnist[-skewed|-background]:train|test|eval|reference`.
     Builtin(String),
 }
 
@@ -475,12 +475,12 @@ impl ImageSource {
             return Ok(Self::Npy(PathBuf::from(rest)));
         }
         if let Some((ds, pool)) = spec.split_once(':') {
-            if matches!(ds, "fashion-mnist" | "fashion-mnist-skewed") {
+            if ds == "fashion-mnist" || crate::data::skewed_variant(ds).is_some() {
                 if !matches!(pool, "train" | "test" | "eval" | "reference") {
                     bail!("bad pool {pool:?} in {spec:?}: expected train, test, eval or reference");
                 }
-                if ds == "fashion-mnist-skewed" && pool == "test" {
-                    bail!("fashion-mnist-skewed has train, eval and reference pools (no test)");
+                if ds != "fashion-mnist" && pool == "test" {
+                    bail!("{ds} has train, eval and reference pools (no test)");
                 }
                 return Ok(Self::Builtin(spec.to_string()));
             }
@@ -490,7 +490,7 @@ impl ImageSource {
             return Ok(Self::Dir(p));
         }
         if !p.exists() {
-            bail!("image source {spec:?} does not exist (a folder, a .npy file, an IDX file, or fashion-mnist[-skewed]:train|test|eval|reference)");
+            bail!("image source {spec:?} does not exist (a folder, a .npy file, an IDX file, or fashion-mnist[-skewed|-background]:train|test|eval|reference)");
         }
         let name = p
             .file_name()
@@ -613,10 +613,9 @@ impl ImageSource {
                             d::SPLIT_SEED,
                         )?
                     };
-                    let s = if ds == "fashion-mnist-skewed" {
-                        d::skew_splits(s, d::SPLIT_SEED)
-                    } else {
-                        s
+                    let s = match d::skewed_variant(ds) {
+                        Some(kind) => d::skew_splits_with(kind, s, d::SPLIT_SEED),
+                        None => s,
                     };
                     match pool {
                         "train" => s.train,

@@ -84,7 +84,7 @@ fn toy_data(n: usize, seed: i64) -> Dataset {
         images: Tensor::stack(&imgs, 0),
         labels,
         class_names: vec!["a".into(), "b".into(), "c".into()],
-        attributes: None,
+        attribute: None,
     }
 }
 

@@ -89,14 +89,14 @@ fn skewed_variant_is_90_10_and_the_oracle_is_exact() {
     let test = data::fashion_mnist_test().unwrap();
     let s = data::split_dataset(&test, 200, 200, data::SPLIT_SEED).unwrap();
     let k = data::skew_splits(s, 7);
-    let a = k.train.attributes.as_ref().unwrap();
+    let a = &k.train.attribute.as_ref().unwrap().values;
     assert_eq!(a.len(), 6000);
     assert_eq!(
         a.iter().filter(|&&v| v == 1).count(),
         600,
         "exactly 10% minority"
     );
-    let ev = k.eval.attributes.as_ref().unwrap();
+    let ev = &k.eval.attribute.as_ref().unwrap().values;
     assert_eq!(
         ev.iter().filter(|&&v| v == 1).count(),
         1000,
@@ -106,7 +106,7 @@ fn skewed_variant_is_90_10_and_the_oracle_is_exact() {
         let got = data::inversion_oracle(&ds.images).unwrap();
         assert_eq!(
             &got,
-            ds.attributes.as_ref().unwrap(),
+            &ds.attribute.as_ref().unwrap().values,
             "oracle must recover every attribute"
         );
     }
@@ -124,6 +124,64 @@ fn skewed_variant_is_90_10_and_the_oracle_is_exact() {
     assert!(
         data::inversion_oracle(&Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu))).is_err()
     );
+}
+
+#[test]
+fn background_variant_is_80_15_5_and_its_oracle_is_exact() {
+    use data::AttributeKind::Background;
+    let test = data::fashion_mnist_test().unwrap();
+    let s = data::split_dataset(&test, 200, 200, data::SPLIT_SEED).unwrap();
+    let k = data::skew_splits_with(Background, s, 7);
+    let count = |ds: &data::Dataset, v: u8| {
+        let a = ds.attribute.as_ref().unwrap();
+        assert_eq!(a.kind, Background);
+        a.values.iter().filter(|&&x| x == v).count()
+    };
+    assert_eq!(
+        (count(&k.train, 0), count(&k.train, 1), count(&k.train, 2)),
+        (4800, 900, 300),
+        "exactly 80 / 15 / 5 %"
+    );
+    assert_eq!(
+        (count(&k.eval, 0), count(&k.eval, 1), count(&k.eval, 2)),
+        (666, 667, 667),
+        "uniform evaluation pool"
+    );
+    for ds in [&k.train, &k.eval, &k.reference] {
+        assert_eq!(
+            Background.oracle(&ds.images).unwrap(),
+            ds.attribute.as_ref().unwrap().values,
+            "oracle must recover every attribute"
+        );
+    }
+    // All 10k test images at each level; the gray level keeps the object visible.
+    for v in 0..3u8 {
+        let vals = vec![v; test.len()];
+        let x = Background.apply(&test.images, &vals);
+        assert_eq!(Background.oracle(&x).unwrap(), vals, "level {v}");
+        let lo = f64::try_from(x.min()).unwrap();
+        let hi = f64::try_from(x.max()).unwrap();
+        assert!((lo - data::BACKGROUND_LEVELS[v as usize]).abs() < 1e-6 && hi > 0.99);
+    }
+    // The three-valued generator of values: shares and determinism.
+    let a = data::skewed_values(1000, &[0.8, 0.15, 0.05], 3);
+    assert_eq!(a, data::skewed_values(1000, &[0.8, 0.15, 0.05], 3));
+    assert_eq!(a.iter().filter(|&&v| v == 2).count(), 50);
+    assert_eq!(
+        data::skewed_values(10, &[0.9, 0.1], 5),
+        data::skewed_attributes(10, 0.1, 5)
+    );
+    // Reference pools have enough of every value for a balanced set of 50 per class.
+    for c in 0..10 {
+        let idx = divrl::rl::setup::reference_indices(&k.reference, c, 50, true).unwrap();
+        let a = &k.reference.attribute.as_ref().unwrap().values;
+        let per: Vec<usize> = (0..3u8)
+            .map(|v| idx.iter().filter(|&&i| a[i] == v).count())
+            .collect();
+        assert_eq!(per, vec![17, 17, 16]);
+    }
+    assert_eq!(divrl::rl::setup::balanced_counts(50, 2), vec![25, 25]);
+    assert_eq!(divrl::rl::setup::balanced_counts(5, 3), vec![2, 2, 1]);
 }
 
 #[test]

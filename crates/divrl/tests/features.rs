@@ -261,4 +261,15 @@ fn builtin_pools_are_the_default_splits() {
         .unwrap();
     assert!(r.equal(&k.reference.images));
     assert!(ImageSource::parse("fashion-mnist-skewed:test").is_err());
+    let b = divrl::data::skew_splits_with(
+        divrl::data::AttributeKind::Background,
+        divrl::data::fashion_mnist_splits().unwrap(),
+        divrl::data::SPLIT_SEED,
+    );
+    let r = ImageSource::parse("fashion-mnist-background:eval")
+        .unwrap()
+        .load()
+        .unwrap();
+    assert!(r.equal(&b.eval.images));
+    assert!(ImageSource::parse("fashion-mnist-background:test").is_err());
 }

@@ -641,7 +641,7 @@ fn evaluation_reports_an_independent_space_and_pixel_spread() {
     let ind_real = ind.forward(&real).unwrap().features;
     let eval = divrl::rl::trainer::EvalSet {
         features: phi_real,
-        attribute: false,
+        attribute: None,
         independent: Some((ind, ind_real)),
         pixels: Some((
             divrl::rl::trainer::pixel_rows(&real, false).unwrap(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use divrl::audit::{run_audit, AuditConfig, RewardArm};
-use divrl_reward::{RewardKind, RewardSpec};
+use divrl_reward::{MmdKernel, RewardKind, RewardSpec};
 
 use super::ComputeOpts;
 
@@ -54,7 +54,10 @@ pub struct Args {
     /// Polynomial kernel offset c0 (mmd) [default: 1]
     #[arg(long)]
     pub coef0: Option<f64>,
-    /// RBF bandwidth σ (gp-mi) [default: --sigma-scale × median pairwise reference distance]
+    /// Kernel of the mmd reward: polynomial (KID) or rbf
+    #[arg(long, default_value = "polynomial")]
+    pub mmd_kernel: MmdKernel,
+    /// RBF bandwidth σ (gp-mi, mmd with --mmd-kernel rbf) [default: --sigma-scale × median pairwise reference distance]
     #[arg(long)]
     pub sigma: Option<f64>,
     /// Multiple of each class's median reference distance used as σ when --sigma is not given
@@ -110,10 +113,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 gamma: args.gamma,
                 coef0: args.coef0,
                 sigma: args.sigma,
+                sigma_scale: args.sigma_scale,
+                mmd_kernel: args.mmd_kernel,
                 jitter: args.jitter,
                 k: 3,
             },
-            sigma_scale: args.sigma_scale,
         })
         .collect();
     let cfg = AuditConfig {

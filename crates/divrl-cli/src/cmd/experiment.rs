@@ -12,7 +12,8 @@ pub enum Which {
     Selection,
     /// Table 2: baseline vs MMD vs GP-MI fine-tuning at guidance 1, 2, 3, 4
     Guidance,
-    /// Skewed-attribute variant: attribute KL to uniform before and after fine-tuning
+    /// Skewed-attribute base vs RL toward balanced references over several seeds: the
+    /// attribute's histogram and KL to uniform, FID and Recall in ϕ and in the independent space
     Debias,
     /// M in {2,3,5,7,10} with N = 50, N in {5,30,50,70,100} with M = 5
     Ablation,
@@ -31,10 +32,10 @@ pub struct Args {
     /// Output folder; rerunning with the same folder skips finished cells [default: runs/exp-<name>]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Base checkpoint [default: models/fashion-mnist-base-small; debias: models/fashion-mnist-skewed-base]
+    /// Base checkpoint [default: models/fashion-mnist-base-small; diversity: models/fashion-mnist-base; debias: models/fashion-mnist-skewed-base, or models/fashion-mnist-background-base with --attribute background]
     #[arg(long)]
     pub base: Option<PathBuf>,
-    /// Guidance scale of selection and debias [default: 4]
+    /// Guidance scale of selection, debias and diversity [default: 4; debias 1]
     #[arg(long)]
     pub guidance: Option<f64>,
     /// Selection: candidate sets of 10 per class [default: 20, quick 4]
@@ -46,8 +47,8 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over every cell's preset
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Diversity: seeds (evaluation noise and fine-tuning): N for 1..=N, A-B, or A,B,...;
-    /// processes with disjoint seeds may share --out [default: 3, quick 2]
+    /// Diversity and debias: seeds (evaluation noise and fine-tuning): N for 1..=N, A-B, or
+    /// A,B,...; processes with disjoint seeds may share --out [default: 3; quick: diversity 2, debias 1]
     #[arg(long, value_parser = parse_seeds)]
     pub seeds: Option<SeedList>,
     /// Diversity: a training-free sampler baseline evaluated beside the base, as
@@ -57,11 +58,21 @@ pub struct Args {
     /// Diversity: continue each fine-tuning to twice its epochs and evaluate again
     #[arg(long)]
     pub double: bool,
+    /// Debias: the skewed attribute: inversion (fashion-mnist-skewed, 90/10) or background
+    /// (fashion-mnist-background, black/gray/light 80/15/5) [default: inversion]
+    #[arg(long, value_enum)]
+    pub attribute: Option<AttributeArg>,
     #[command(flatten)]
     pub compute: super::ComputeOverrides,
     /// No progress bar
     #[arg(long)]
     pub no_progress: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AttributeArg {
+    Inversion,
+    Background,
 }
 
 /// The seeds of `--seeds`.
@@ -110,10 +121,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Ablation => ExperimentKind::Ablation,
         Which::Diversity => ExperimentKind::Diversity,
     };
-    if kind != ExperimentKind::Diversity
-        && (args.seeds.is_some() || !args.baselines.is_empty() || args.double)
-    {
-        anyhow::bail!("--seeds, --baseline and --double belong to `experiment diversity`");
+    if kind != ExperimentKind::Diversity && (!args.baselines.is_empty() || args.double) {
+        anyhow::bail!("--baseline and --double belong to `experiment diversity`");
+    }
+    if !matches!(kind, ExperimentKind::Diversity | ExperimentKind::Debias) && args.seeds.is_some() {
+        anyhow::bail!("--seeds belongs to `experiment diversity` and `experiment debias`");
+    }
+    if kind != ExperimentKind::Debias && args.attribute.is_some() {
+        anyhow::bail!("--attribute belongs to `experiment debias`");
     }
     let opts = ExperimentOptions {
         kind,
@@ -137,6 +152,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seeds: args.seeds.map(|s| s.0),
         sampler_baselines: args.baselines,
         double: args.double,
+        attribute: args.attribute.map(|a| match a {
+            AttributeArg::Inversion => divrl::data::AttributeKind::Inversion,
+            AttributeArg::Background => divrl::data::AttributeKind::Background,
+        }),
     };
     let done = run_experiment(&opts)?;
     eprint!("{}", done.markdown);

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use divrl::rl::FinetuneConfig;
 use divrl::run_lock::RunLock;
 use divrl::schedule::{GuidanceInterval, SamplerKind};
-use divrl_reward::RewardKind;
+use divrl_reward::{MmdKernel, RewardKind};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -89,9 +89,15 @@ pub struct Args {
     /// Polynomial kernel offset (mmd) [default: 1]
     #[arg(long)]
     pub coef0: Option<f64>,
-    /// RBF bandwidth (gp-mi) [default: median reference distance]
+    /// RBF bandwidth (gp-mi, mmd with --mmd-kernel rbf) [default: --sigma-scale × median reference distance]
     #[arg(long)]
     pub sigma: Option<f64>,
+    /// Multiple of each condition's median reference distance used as σ when --sigma is not given [default: 1]
+    #[arg(long)]
+    pub sigma_scale: Option<f64>,
+    /// Kernel of the mmd reward: polynomial (KID) or rbf [default: polynomial]
+    #[arg(long)]
+    pub mmd_kernel: Option<MmdKernel>,
     /// Kernel jitter (gp-mi) [default: 1e-6]
     #[arg(long)]
     pub jitter: Option<f64>,
@@ -246,7 +252,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
     apply!(args, cfg;
         plain: prompts, references, resolution, precision, gradient_checkpointing, base, out, data,
             ref_per_class, balanced_reference, classes, classes_per_epoch, images_per_class, sets_per_class,
-            extractor, reward, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
+            extractor, reward, sigma_scale, mmd_kernel, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
             timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
             lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,

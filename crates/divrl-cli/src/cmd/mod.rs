@@ -95,9 +95,15 @@ pub struct RewardOpts {
     /// Polynomial kernel offset c0 (mmd) [default: 1]
     #[arg(long)]
     pub coef0: Option<f64>,
-    /// RBF bandwidth σ (gp-mi) [default: median pairwise distance of the references]
+    /// RBF bandwidth σ (gp-mi, mmd with --mmd-kernel rbf) [default: --sigma-scale × median pairwise distance of the references]
     #[arg(long)]
     pub sigma: Option<f64>,
+    /// Multiple of the median reference distance used as σ when --sigma is not given
+    #[arg(long, default_value_t = 1.0)]
+    pub sigma_scale: f64,
+    /// Kernel of the mmd reward: polynomial (KID) or rbf
+    #[arg(long, default_value = "polynomial")]
+    pub mmd_kernel: divrl_reward::MmdKernel,
     /// Jitter λ added to kernel diagonals (gp-mi)
     #[arg(long, default_value_t = 1e-6)]
     pub jitter: f64,
@@ -125,6 +131,8 @@ impl RewardOpts {
             gamma: self.gamma,
             coef0: self.coef0,
             sigma: self.sigma,
+            sigma_scale: self.sigma_scale,
+            mmd_kernel: self.mmd_kernel,
             jitter: self.jitter,
             k: self.k,
         }

@@ -82,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .copied()
                     .collect(),
                 class_names: s.eval.class_names.clone(),
-                attributes: None,
+                attribute: None,
             };
             (s.train, held)
         };

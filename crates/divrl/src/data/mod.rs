@@ -43,8 +43,85 @@ pub struct Dataset {
     pub images: Tensor,
     pub labels: Vec<i64>,
     pub class_names: Vec<String>,
-    /// Binary attribute per image, where the data set defines one (the skewed variant).
-    pub attributes: Option<Vec<u8>>,
+    /// A known attribute per image, where the data set defines one (the skewed variants).
+    pub attribute: Option<Attribute>,
+}
+
+/// An attribute with an exact oracle: the value of every real image is known by construction,
+/// and a fixed rule reads it from any image (generated ones too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttributeKind {
+    /// Binary: the image is inverted (`x → 1 − x`, white background). Oracle: mean of the
+    /// one-pixel border > 0.5.
+    Inversion,
+    /// Three-valued background shade: black, gray or light (`x → b + (1 − b)·x` with
+    /// `b` = 0, 0.35, 0.7). Oracle: the lower quartile of the one-pixel border, binned at the
+    /// midpoints 0.175 and 0.525 (on the real images the quartile is exactly `b` up to
+    /// 0.07, so the bins never overlap).
+    Background,
+}
+
+/// Background levels of [`AttributeKind::Background`].
+pub const BACKGROUND_LEVELS: [f64; 3] = [0.0, 0.35, 0.7];
+
+impl AttributeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttributeKind::Inversion => "inversion",
+            AttributeKind::Background => "background",
+        }
+    }
+
+    /// Names of the values 0, 1, ….
+    pub fn value_names(self) -> &'static [&'static str] {
+        match self {
+            AttributeKind::Inversion => &["normal", "inverted"],
+            AttributeKind::Background => &["black", "gray", "light"],
+        }
+    }
+
+    pub fn arity(self) -> usize {
+        self.value_names().len()
+    }
+
+    /// Share of each value in the skewed training pool (value 0 is the majority).
+    pub fn training_shares(self) -> &'static [f64] {
+        match self {
+            AttributeKind::Inversion => &[1.0 - SKEW_MINORITY_SHARE, SKEW_MINORITY_SHARE],
+            AttributeKind::Background => &[0.8, 0.15, 0.05],
+        }
+    }
+
+    /// Images `[N, C, H, W]` in `[0, 1]` with each image's attribute `values` applied (value 0
+    /// leaves an image as it is).
+    pub fn apply(self, images: &Tensor, values: &[u8]) -> Tensor {
+        match self {
+            AttributeKind::Inversion => apply_inversion(images, values),
+            AttributeKind::Background => {
+                let b: Vec<f32> = values
+                    .iter()
+                    .map(|&v| BACKGROUND_LEVELS[v as usize] as f32)
+                    .collect();
+                let b = Tensor::from_slice(&b).view([-1, 1, 1, 1]);
+                &b + (1.0 - &b) * images
+            }
+        }
+    }
+
+    /// The attribute of images `[N, C, H, W]` in `[0, 1]`.
+    pub fn oracle(self, images: &Tensor) -> Result<Vec<u8>> {
+        match self {
+            AttributeKind::Inversion => inversion_oracle(images),
+            AttributeKind::Background => background_oracle(images),
+        }
+    }
+}
+
+/// A data set's attribute: its kind and each image's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribute {
+    pub kind: AttributeKind,
+    pub values: Vec<u8>,
 }
 
 impl Dataset {
@@ -75,7 +152,7 @@ impl Dataset {
             images,
             labels,
             class_names,
-            attributes: None,
+            attribute: None,
         })
     }
 
@@ -101,10 +178,10 @@ impl Dataset {
             images: self.images.index_select(0, &it),
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             class_names: self.class_names.clone(),
-            attributes: self
-                .attributes
-                .as_ref()
-                .map(|a| idx.iter().map(|&i| a[i]).collect()),
+            attribute: self.attribute.as_ref().map(|a| Attribute {
+                kind: a.kind,
+                values: idx.iter().map(|&i| a.values[i]).collect(),
+            }),
         }
     }
 
@@ -320,32 +397,55 @@ pub fn apply_inversion(images: &Tensor, attributes: &[u8]) -> Tensor {
 /// the one-pixel border exceeds 0.5 (Fashion-MNIST backgrounds are black, inverted ones white).
 /// For images in [-1, 1], rescale first.
 pub fn inversion_oracle(images: &Tensor) -> Result<Vec<u8>> {
+    let border = border_pixels(images)?;
+    let mean = border.mean_dim(&[1i64][..], false, Kind::Float);
+    let v: Vec<f32> = Vec::<f32>::try_from(&mean.gt(0.5).to_kind(Kind::Float))?;
+    Ok(v.into_iter().map(|b| b as u8).collect())
+}
+
+/// Oracle of the background shade ([`AttributeKind::Background`]) for images in [0, 1]: the
+/// lower quartile (the value at rank ⌊P/4⌋ of the P sorted border pixels, channels averaged)
+/// binned at 0.175 and 0.525. An object touching the border brightens some border pixels, never
+/// a quarter of them, so the quartile reads the background.
+pub fn background_oracle(images: &Tensor) -> Result<Vec<u8>> {
+    let border = border_pixels(images)?;
+    let p = border.size()[1];
+    let (sorted, _) = border.sort(1, false);
+    let q = sorted.select(1, p / 4).contiguous();
+    let v: Vec<f32> = Vec::<f32>::try_from(&q)?;
+    let cut = [
+        (BACKGROUND_LEVELS[0] + BACKGROUND_LEVELS[1]) / 2.0,
+        (BACKGROUND_LEVELS[1] + BACKGROUND_LEVELS[2]) / 2.0,
+    ];
+    Ok(v.into_iter()
+        .map(|x| {
+            let x = x as f64;
+            if x < cut[0] {
+                0
+            } else if x < cut[1] {
+                1
+            } else {
+                2
+            }
+        })
+        .collect())
+}
+
+/// The one-pixel border of images `[N, C, H, W]` as `[N, 2W + 2(H − 2)]` (channels averaged).
+fn border_pixels(images: &Tensor) -> Result<Tensor> {
     let s = images.size();
     if s.len() != 4 || s[2] < 3 || s[3] < 3 {
         bail!("attribute oracle needs [N, C, H, W] images with H, W >= 3, got {s:?}");
     }
-    let (h, w) = (s[2], s[3]);
-    let x = images.to_kind(Kind::Float);
-    let top = x
-        .narrow(2, 0, 1)
-        .sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float);
-    let bottom = x
-        .narrow(2, h - 1, 1)
-        .sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float);
-    let left = x.narrow(2, 1, h - 2).narrow(3, 0, 1).sum_dim_intlist(
-        &[1i64, 2, 3][..],
-        false,
-        Kind::Float,
-    );
-    let right = x.narrow(2, 1, h - 2).narrow(3, w - 1, 1).sum_dim_intlist(
-        &[1i64, 2, 3][..],
-        false,
-        Kind::Float,
-    );
-    let count = (s[1] * (2 * w + 2 * (h - 2))) as f64;
-    let mean = (top + bottom + left + right) / count;
-    let v: Vec<f32> = Vec::<f32>::try_from(&mean.gt(0.5).to_kind(Kind::Float))?;
-    Ok(v.into_iter().map(|b| b as u8).collect())
+    let (n, h, w) = (s[0], s[2], s[3]);
+    let x = images
+        .to_kind(Kind::Float)
+        .mean_dim(&[1i64][..], true, Kind::Float);
+    let top = x.narrow(2, 0, 1).reshape([n, -1]);
+    let bottom = x.narrow(2, h - 1, 1).reshape([n, -1]);
+    let left = x.narrow(2, 1, h - 2).narrow(3, 0, 1).reshape([n, -1]);
+    let right = x.narrow(2, 1, h - 2).narrow(3, w - 1, 1).reshape([n, -1]);
+    Ok(Tensor::cat(&[top, bottom, left, right], 1))
 }
 
 /// Share of attribute-1 images in the skewed training pool.
@@ -353,36 +453,63 @@ pub const SKEW_MINORITY_SHARE: f64 = 0.1;
 
 /// Attribute labels with exactly `round(n·share)` ones, at seeded positions.
 pub fn skewed_attributes(n: usize, share: f64, seed: u64) -> Vec<u8> {
+    skewed_values(n, &[1.0 - share, share], seed)
+}
+
+/// Attribute values with exactly `round(n·shares[v])` images of each value v ≥ 1 (value 0 takes
+/// the rest), at seeded positions. With two values this is [`skewed_attributes`].
+pub fn skewed_values(n: usize, shares: &[f64], seed: u64) -> Vec<u8> {
     let mut idx: Vec<usize> = (0..n).collect();
     SplitMix64(seed).shuffle(&mut idx);
-    let k = (n as f64 * share).round() as usize;
     let mut a = vec![0u8; n];
-    for &i in &idx[..k] {
-        a[i] = 1;
+    let mut next = 0;
+    for (v, &share) in shares.iter().enumerate().skip(1) {
+        let k = ((n as f64 * share).round() as usize).min(n - next);
+        for &i in &idx[next..next + k] {
+            a[i] = v as u8;
+        }
+        next += k;
     }
     a
 }
 
-/// The skewed-attribute variant of any splits: training images are inverted with probability
-/// 10% (exactly 10%, at seeded positions), evaluation and reference images 50% (unbiased pools).
-pub fn skew_splits(s: Splits, seed: u64) -> Splits {
-    let skew = |ds: Dataset, share: f64, seed: u64| {
-        let a = skewed_attributes(ds.len(), share, seed);
+/// The skewed-attribute variant of any splits: training images take the attribute's values at
+/// its training shares (exactly, at seeded positions; inversion: 10 % inverted, background:
+/// 80/15/5 % black/gray/light), evaluation and reference images uniform shares (unbiased pools).
+pub fn skew_splits_with(kind: AttributeKind, s: Splits, seed: u64) -> Splits {
+    let skew = |ds: Dataset, shares: &[f64], seed: u64| {
+        let a = skewed_values(ds.len(), shares, seed);
         Dataset {
-            images: apply_inversion(&ds.images, &a),
-            attributes: Some(a),
+            images: kind.apply(&ds.images, &a),
+            attribute: Some(Attribute { kind, values: a }),
             ..ds
         }
     };
+    let uniform = vec![1.0 / kind.arity() as f64; kind.arity()];
     Splits {
-        train: skew(s.train, SKEW_MINORITY_SHARE, seed),
-        eval: skew(s.eval, 0.5, seed ^ 1),
-        reference: skew(s.reference, 0.5, seed ^ 2),
+        train: skew(s.train, kind.training_shares(), seed),
+        eval: skew(s.eval, &uniform, seed ^ 1),
+        reference: skew(s.reference, &uniform, seed ^ 2),
+    }
+}
+
+/// The inversion variant ([`skew_splits_with`] and [`AttributeKind::Inversion`]).
+pub fn skew_splits(s: Splits, seed: u64) -> Splits {
+    skew_splits_with(AttributeKind::Inversion, s, seed)
+}
+
+/// The attribute of a built-in skewed data set name (`fashion-mnist-skewed`,
+/// `fashion-mnist-background`).
+pub fn skewed_variant(name: &str) -> Option<AttributeKind> {
+    match name {
+        "fashion-mnist-skewed" => Some(AttributeKind::Inversion),
+        "fashion-mnist-background" => Some(AttributeKind::Background),
+        _ => None,
     }
 }
 
 /// A data set named on the command line:
-/// `fashion-mnist` | `fashion-mnist-skewed` | `idx:IMAGES,LABELS` | `folder:DIR[,SIZE[,CHANNELS]]` |
+/// `fashion-mnist` | `fashion-mnist-skewed` | `fashion-mnist-background` | `idx:IMAGES,LABELS` | `folder:DIR[,SIZE[,CHANNELS]]` |
 /// `npy:IMAGES[,LABELS]`.
 pub fn load_splits(spec: &str) -> Result<Splits> {
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
@@ -402,7 +529,11 @@ pub fn load_splits(spec: &str) -> Result<Splits> {
     };
     match kind {
         "fashion-mnist" if parts.is_empty() => fashion_mnist_splits(),
-        "fashion-mnist-skewed" if parts.is_empty() => Ok(skew_splits(fashion_mnist_splits()?, SPLIT_SEED)),
+        "fashion-mnist-skewed" | "fashion-mnist-background" if parts.is_empty() => Ok(skew_splits_with(
+            skewed_variant(kind).expect("a skewed variant"),
+            fashion_mnist_splits()?,
+            SPLIT_SEED,
+        )),
         "idx" if parts.len() == 2 => generic(load_idx(Path::new(parts[0]), Path::new(parts[1]))?),
         "folder" if (1..=3).contains(&parts.len()) => {
             let size = parts.get(1).map(|s| s.parse::<u32>()).transpose().context("folder size must be an integer")?;
@@ -413,7 +544,7 @@ pub fn load_splits(spec: &str) -> Result<Splits> {
             generic(load_npy(Path::new(parts[0]), parts.get(1).map(Path::new))?)
         }
         _ => bail!(
-            "bad data set {spec:?}: expected fashion-mnist, fashion-mnist-skewed, idx:IMAGES,LABELS, folder:DIR[,SIZE[,CHANNELS]] or npy:IMAGES[,LABELS]"
+            "bad data set {spec:?}: expected fashion-mnist, fashion-mnist-skewed, fashion-mnist-background, idx:IMAGES,LABELS, folder:DIR[,SIZE[,CHANNELS]] or npy:IMAGES[,LABELS]"
         ),
     }
 }

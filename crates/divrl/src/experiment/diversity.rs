@@ -10,62 +10,81 @@
 //! the paired change against the base (same seed, same noise).
 use anyhow::{bail, Result};
 use divrl_report::Table;
-use divrl_reward::RewardKind;
+use divrl_reward::{MmdKernel, RewardKind};
 
 use super::{finish, ft_sizes, sizes_of, Ctx, ExperimentTable};
 use crate::eval::EvalReport;
 use crate::rl::{presets, FinetuneConfig};
 
 /// One metric of a report, by name.
-#[derive(Debug, Clone, Copy)]
 pub struct Metric {
-    pub header: &'static str,
-    pub get: fn(&EvalReport) -> Option<f64>,
+    pub header: String,
+    pub get: Box<dyn Fn(&EvalReport) -> Option<f64>>,
+}
+
+impl Metric {
+    pub fn new(
+        header: impl Into<String>,
+        get: impl Fn(&EvalReport) -> Option<f64> + 'static,
+    ) -> Self {
+        Metric {
+            header: header.into(),
+            get: Box::new(get),
+        }
+    }
 }
 
 fn ind(r: &EvalReport) -> Option<&EvalReport> {
     r.independent.as_deref()
 }
 
-/// The metrics of the tables: ϕ, independent space, within-class pixel distance.
-pub const METRICS: [Metric; 9] = [
-    Metric {
-        header: "ϕ Recall ↑",
-        get: |r| Some(r.recall),
-    },
-    Metric {
-        header: "ϕ Precision",
-        get: |r| Some(r.precision),
-    },
-    Metric {
-        header: "ϕ FID ↓",
-        get: |r| Some(r.fid),
-    },
-    Metric {
-        header: "ϕ Coverage ↑",
-        get: |r| Some(r.coverage),
-    },
-    Metric {
-        header: "ind. Recall ↑",
-        get: |r| ind(r).map(|i| i.recall),
-    },
-    Metric {
-        header: "ind. Precision",
-        get: |r| ind(r).map(|i| i.precision),
-    },
-    Metric {
-        header: "ind. FID ↓",
-        get: |r| ind(r).map(|i| i.fid),
-    },
-    Metric {
-        header: "ind. Coverage ↑",
-        get: |r| ind(r).map(|i| i.coverage),
-    },
-    Metric {
-        header: "pixel within-class / real ↑",
-        get: |r| r.pixel_within_class.as_ref().map(|w| w.ratio),
-    },
-];
+/// The diversity tables' metrics: ϕ, independent space, within-class pixel distance.
+pub fn diversity_metrics() -> Vec<Metric> {
+    vec![
+        Metric::new("ϕ Recall ↑", |r| Some(r.recall)),
+        Metric::new("ϕ Precision", |r| Some(r.precision)),
+        Metric::new("ϕ FID ↓", |r| Some(r.fid)),
+        Metric::new("ϕ Coverage ↑", |r| Some(r.coverage)),
+        Metric::new("ind. Recall ↑", |r| ind(r).map(|i| i.recall)),
+        Metric::new("ind. Precision", |r| ind(r).map(|i| i.precision)),
+        Metric::new("ind. FID ↓", |r| ind(r).map(|i| i.fid)),
+        Metric::new("ind. Coverage ↑", |r| ind(r).map(|i| i.coverage)),
+        Metric::new("pixel within-class / real ↑", |r| {
+            r.pixel_within_class.as_ref().map(|w| w.ratio)
+        }),
+    ]
+}
+
+/// The debiasing tables' metrics: the attribute's KL to uniform and the share of each value
+/// (named after the first report that has the attribute), then FID and Recall in ϕ and in the
+/// independent space.
+pub fn debias_metrics(cells: &[super::CellResult]) -> Vec<Metric> {
+    let names: Vec<String> = cells
+        .iter()
+        .find_map(|c| c.report.attribute.as_ref())
+        .map(|a| a.names.clone())
+        .unwrap_or_default();
+    let mut m = vec![Metric::new("attribute KL to uniform ↓", |r| {
+        r.attribute.as_ref().map(|a| a.kl_to_uniform)
+    })];
+    for (v, name) in names.into_iter().enumerate() {
+        m.push(Metric::new(format!("{name} share"), move |r| {
+            let a = r.attribute.as_ref()?;
+            let n: u64 = a.counts.iter().sum();
+            Some(*a.counts.get(v)? as f64 / n.max(1) as f64)
+        }));
+    }
+    m.extend([
+        Metric::new("ϕ FID ↓", |r| Some(r.fid)),
+        Metric::new("ind. FID ↓", |r| ind(r).map(|i| i.fid)),
+        Metric::new("ϕ Recall ↑", |r| Some(r.recall)),
+        Metric::new("ind. Recall ↑", |r| ind(r).map(|i| i.recall)),
+        Metric::new("pixel within-class / real ↑", |r| {
+            r.pixel_within_class.as_ref().map(|w| w.ratio)
+        }),
+    ]);
+    m
+}
 
 /// Mean and sample standard deviation (n − 1; 0 for a single value).
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -107,12 +126,12 @@ pub struct SamplerBaseline {
 
 /// The tables of a diversity experiment: every cell's row, mean ± sd per method, and the paired
 /// change of each method against the base model of the same seed.
-pub fn tables(cells: &[super::CellResult]) -> Vec<Table> {
+pub fn tables(cells: &[super::CellResult], metrics: &[Metric]) -> Vec<Table> {
     let headers = |first: &[&str]| -> Vec<String> {
         first
             .iter()
             .map(|s| s.to_string())
-            .chain(METRICS.iter().map(|m| m.header.to_string()))
+            .chain(metrics.iter().map(|m| m.header.clone()))
             .collect()
     };
     let mut per_seed = Table::new(headers(&["method", "seed"]))
@@ -126,7 +145,7 @@ pub fn tables(cells: &[super::CellResult]) -> Vec<Table> {
         per_seed.row(
             [method, c.params.get("seed").cloned().unwrap_or_default()]
                 .into_iter()
-                .chain(METRICS.iter().map(|m| cell((m.get)(&c.report)))),
+                .chain(metrics.iter().map(|m| cell((m.get)(&c.report)))),
         );
     }
     let by = |method: &str| -> Vec<&super::CellResult> {
@@ -145,7 +164,7 @@ pub fn tables(cells: &[super::CellResult]) -> Vec<Table> {
         summary.row(
             [method.clone(), cs.len().to_string()]
                 .into_iter()
-                .chain(METRICS.iter().map(|m| {
+                .chain(metrics.iter().map(|m| {
                     let v: Vec<f64> = cs.iter().filter_map(|c| (m.get)(&c.report)).collect();
                     pm(&v)
                 })),
@@ -169,7 +188,7 @@ pub fn tables(cells: &[super::CellResult]) -> Vec<Table> {
         delta.row(
             [method.clone(), pairs.len().to_string()]
                 .into_iter()
-                .chain(METRICS.iter().map(|m| {
+                .chain(metrics.iter().map(|m| {
                     let d: Vec<f64> = pairs
                         .iter()
                         .filter_map(|(c, b)| Some((m.get)(&c.report)? - (m.get)(&b.report)?))
@@ -272,16 +291,18 @@ pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, Stri
     Ok((table, Vec::new()))
 }
 
-fn reward_description(cfg: &FinetuneConfig) -> String {
+pub(super) fn reward_description(cfg: &FinetuneConfig) -> String {
+    let sigma = || match cfg.sigma {
+        Some(s) => s.to_string(),
+        None if cfg.sigma_scale == 1.0 => "median reference distance".into(),
+        None => format!("{} × median reference distance", cfg.sigma_scale),
+    };
     match cfg.reward {
-        RewardKind::GpMi => format!(
-            "gp-mi (σ = {}, λ = {})",
-            cfg.sigma
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "median reference distance".into()),
-            cfg.jitter
-        ),
-        RewardKind::Mmd => "mmd (polynomial kernel)".to_string(),
+        RewardKind::GpMi => format!("gp-mi (σ = {}, λ = {})", sigma(), cfg.jitter),
+        RewardKind::Mmd => match cfg.mmd_kernel {
+            MmdKernel::Polynomial => "mmd (polynomial kernel)".to_string(),
+            MmdKernel::Rbf => format!("mmd (RBF kernel, σ = {})", sigma()),
+        },
         RewardKind::Recall => format!("recall (k = {})", cfg.recall_k),
     }
 }

@@ -23,6 +23,7 @@ use divrl_reward::select::{select_sets, Criterion, Method};
 use divrl_reward::{DiversityReward, RewardKind, RewardSpec};
 
 use crate::config::{read_safetensors, write_atomic, write_safetensors_atomic};
+use crate::data::AttributeKind;
 use crate::demo::{
     machine_description, metric_cells, progress_bar, read_log, utc_now, METRIC_HEADERS,
 };
@@ -63,7 +64,7 @@ pub struct ExperimentOptions {
     pub out: PathBuf,
     pub quick: bool,
     pub progress: bool,
-    /// Base checkpoint (default: the preset's; debias: models/fashion-mnist-skewed-base).
+    /// Base checkpoint (default: the preset's; debias: the attribute's skewed base).
     pub base: Option<PathBuf>,
     /// Guidance scale (selection and debias; guidance sweeps 1–4, ablation uses the preset's 4).
     pub guidance: Option<f64>,
@@ -84,6 +85,8 @@ pub struct ExperimentOptions {
     pub sampler_baselines: Vec<diversity::SamplerBaseline>,
     /// Diversity: continue every run to twice its epochs and evaluate again (collapse check).
     pub double: bool,
+    /// Debias: the skewed attribute (its data set and default base) [default: inversion].
+    pub attribute: Option<AttributeKind>,
 }
 
 /// One finished cell.
@@ -405,12 +408,13 @@ pub fn run_experiment(opts: &ExperimentOptions) -> Result<ExperimentOutcome> {
             .map(|(k, v)| format!("{k}: {v}"))
             .collect(),
     ));
-    if table.experiment == "diversity" {
-        for t in diversity::tables(&table.cells) {
-            r.push(Block::Table(t));
+    match seeded_tables(&table) {
+        Some(tables) => {
+            for t in tables {
+                r.push(Block::Table(t));
+            }
         }
-    } else {
-        r.push(Block::Table(result_table(&table)));
+        None => r.push(Block::Table(result_table(&table))),
     }
     r.push(Block::Plots(plots.into_iter().map(|(_, s)| s).collect()));
     r.push(Block::Details {
@@ -501,18 +505,33 @@ fn markdown(t: &ExperimentTable) -> String {
         s += &format!("- {k}: {v}\n");
     }
     s.push('\n');
-    if t.experiment == "diversity" {
-        for table in diversity::tables(&t.cells) {
-            if let Some(c) = &table.caption {
-                s += &format!("**{c}**\n\n");
+    match seeded_tables(t) {
+        Some(tables) => {
+            for table in tables {
+                if let Some(c) = &table.caption {
+                    s += &format!("**{c}**\n\n");
+                }
+                s += &table.markdown();
+                s.push('\n');
             }
-            s += &table.markdown();
-            s.push('\n');
         }
-    } else {
-        s += &result_table(t).markdown();
+        None => s += &result_table(t).markdown(),
     }
     s
+}
+
+/// The per-seed tables (every seed's row, mean ± sd, paired change against the base) of the
+/// experiments that run seeds: diversity, and debias when its cells carry seeds.
+fn seeded_tables(t: &ExperimentTable) -> Option<Vec<Table>> {
+    let seeded = t.cells.iter().all(|c| c.params.contains_key("seed"));
+    match t.experiment.as_str() {
+        "diversity" => Some(diversity::tables(&t.cells, &diversity::diversity_metrics())),
+        "debias" if seeded && !t.cells.is_empty() => Some(diversity::tables(
+            &t.cells,
+            &diversity::debias_metrics(&t.cells),
+        )),
+        _ => None,
+    }
 }
 
 fn svg(title: &str, x: &str, y: &str, series: Vec<Series>) -> Result<String> {
@@ -915,68 +934,113 @@ fn guidance(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
 // ---------------------------------------------------------------------------------------------
 // Debiasing on the skewed-attribute variant
 
-/// Where the skewed base model is expected.
-pub const SKEWED_BASE: &str = "models/fashion-mnist-skewed-base";
+/// Where the inversion-skewed base model is expected.
+pub use crate::rl::presets::SKEWED_BASE;
 
+/// The debias preset for the attribute with the options applied (seed 1).
+fn debias_config(ctx: &Ctx) -> Result<FinetuneConfig> {
+    let kind = ctx.opts.attribute.unwrap_or(AttributeKind::Inversion);
+    let mut c = presets::debias(ctx.opts.quick, kind);
+    if let Some(b) = &ctx.opts.base {
+        c.base = b.clone();
+    }
+    if let Some(d) = &ctx.opts.device {
+        c.device = d.clone();
+    }
+    if let Some(t) = ctx.opts.threads {
+        c.threads = t;
+    }
+    let mut c = apply_overlay(c, ctx.opts.overlay.as_ref())?;
+    if let Some(w) = ctx.opts.guidance {
+        c.guidance = w;
+    }
+    c.balanced_reference = true;
+    c.validate()?;
+    Ok(c)
+}
+
+/// Debiasing a base trained on a skewed attribute: per seed, the base model and an RL
+/// fine-tuning run toward balanced references, both evaluated on that seed's noise with the
+/// attribute's exact oracle (histogram, KL to uniform), FID and Recall in ϕ and in the
+/// independent space.
 fn debias(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
-    let w = ctx.opts.guidance.unwrap_or(4.0);
-    let skew = |reward| -> Result<FinetuneConfig> {
-        let mut c = ctx.config(reward, w)?;
-        if ctx.opts.base.is_none() {
-            c.base = PathBuf::from(SKEWED_BASE);
-        }
-        let defaults = presets::experiment(reward, w, ctx.opts.quick);
-        if c.data == defaults.data {
-            c.data = "fashion-mnist-skewed".into();
-        }
-        c.balanced_reference = true;
-        c.validate()?;
-        Ok(c)
-    };
-    let base_cfg = skew(RewardKind::Mmd)?;
-    if !crate::features::resolve_model_path(&base_cfg.base)
+    let cfg = debias_config(ctx)?;
+    if !crate::features::resolve_model_path(&cfg.base)
         .join("config.toml")
         .exists()
     {
         bail!(
-            "the debias experiment needs a base model trained on the skewed variant at {} (divrl train-base --data fashion-mnist-skewed --out {}), or --base",
-            base_cfg.base.display(),
-            base_cfg.base.display()
+            "the debias experiment needs a base model trained on the skewed variant at {} (divrl train-base --data {} --out {}), or --base",
+            cfg.base.display(),
+            cfg.data,
+            cfg.base.display()
         );
     }
-    let plan = [None, Some(RewardKind::Mmd), Some(RewardKind::GpMi)];
-    let mut units = 0;
-    for r in plan {
-        units += Ctx::units(&skew(r.unwrap_or(RewardKind::Mmd))?, r.is_some());
+    let seeds = ctx.opts.seeds.clone().unwrap_or(if ctx.opts.quick {
+        vec![1]
+    } else {
+        vec![1, 2, 3]
+    });
+    if seeds.is_empty() {
+        bail!("--seeds must name at least one seed");
     }
-    ctx.pb.set_length(units);
+    ctx.pb
+        .set_length((1 + Ctx::units(&cfg, true)) * seeds.len() as u64);
     let mut cells = Vec::new();
-    for r in plan {
-        let cfg = skew(r.unwrap_or(RewardKind::Mmd))?;
-        let method = r
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "baseline".into());
-        let params = [("method", method.clone())];
-        cells.push(match r {
-            None => ctx.baseline(&method, &params, &cfg)?,
-            Some(_) => ctx.finetune(&method, &params, cfg)?,
-        });
+    for &s in &seeds {
+        let mut c = cfg.clone();
+        c.seed = s;
+        let p = |method: &str| [("method", method.to_string()), ("seed", s.to_string())];
+        cells.push(ctx.baseline(&format!("base-s{s}"), &p("base"), &c)?);
+        let run = format!("rl-s{s}");
+        cells.push(ctx.finetune_in(&run, &run, &p(&format!("rl-{}", c.reward)), c)?);
     }
     if cells.iter().any(|c| c.report.attribute.is_none()) {
-        bail!("the evaluation set has no attribute: debias needs a data set with one (fashion-mnist-skewed)");
+        bail!("the evaluation set has no attribute: debias needs a data set with one (fashion-mnist-skewed or fashion-mnist-background)");
     }
-    let mut extra = ft_sizes(&base_cfg);
-    extra.push(("guidance", w.to_string()));
+    let mut extra = ft_sizes(&cfg);
+    extra.push((
+        "seeds",
+        seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    extra.push(("guidance", cfg.guidance.to_string()));
+    extra.push(("data", cfg.data.clone()));
+    extra.push((
+        "generated sets per class and epoch (K)",
+        cfg.sets_per_class.to_string(),
+    ));
+    extra.push(("reward", diversity::reward_description(&cfg)));
+    extra.push((
+        "independent space",
+        if cfg.eval_independent.is_empty() {
+            "none".to_string()
+        } else {
+            cfg.eval_independent.clone()
+        },
+    ));
+    let names: Vec<String> = cells
+        .iter()
+        .find_map(|c| c.report.attribute.as_ref())
+        .map(|a| a.names.clone())
+        .unwrap_or_default();
+    let counts = crate::rl::setup::balanced_counts(cfg.ref_per_class, names.len().max(1));
     extra.push((
         "reference sets",
         format!(
-            "balanced: {} normal + {} inverted images per class",
-            base_cfg.ref_per_class / 2,
-            base_cfg.ref_per_class / 2
+            "balanced: {} images per class",
+            names
+                .iter()
+                .zip(&counts)
+                .map(|(n, c)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(" + ")
         ),
     ));
-    let sizes = sizes_of(&base_cfg, &extra);
-    let mut plots = Vec::new();
+    let sizes = sizes_of(&cfg, &extra);
     let mut curves = Vec::new();
     for c in cells.iter().filter(|c| c.epochs > 0) {
         if let Ok((ep, _)) = read_log(&ctx.cells_dir.join(&c.name)) {
@@ -988,35 +1052,35 @@ fn debias(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
             ));
         }
     }
-    plots.push((
-        "set-reward".to_string(),
-        svg("set reward per epoch", "epoch", "set reward", curves)?,
-    ));
-    plots.push((
-        "kl".to_string(),
-        svg(
-            "attribute KL to uniform (0 = baseline, 1 = mmd, 2 = gp-mi)",
-            "cell",
-            "KL (nats)",
-            vec![Series::new(
-                "KL",
-                cells
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        (
-                            i as f64,
-                            c.report
-                                .attribute
-                                .as_ref()
-                                .map_or(f64::NAN, |a| a.kl_to_uniform),
-                        )
-                    })
-                    .collect(),
-            )
-            .with_markers()],
-        )?,
-    ));
+    let kl = |method_rl: bool| {
+        Series::new(
+            if method_rl { "fine-tuned" } else { "base" },
+            cells
+                .iter()
+                .filter(|c| (c.epochs > 0) == method_rl)
+                .filter_map(|c| {
+                    let seed: f64 = c.params.get("seed")?.parse().ok()?;
+                    Some((seed, c.report.attribute.as_ref()?.kl_to_uniform))
+                })
+                .collect(),
+        )
+        .with_markers()
+    };
+    let plots = vec![
+        (
+            "set-reward".to_string(),
+            svg("set reward per epoch", "epoch", "set reward", curves)?,
+        ),
+        (
+            "kl".to_string(),
+            svg(
+                "attribute KL to uniform per seed",
+                "seed",
+                "KL (nats)",
+                vec![kl(false), kl(true)],
+            )?,
+        ),
+    ];
     Ok((finish(ctx, sizes, cells, Vec::new())?, plots))
 }
 

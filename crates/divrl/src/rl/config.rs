@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::nn::lora::LoraConfig;
 use crate::schedule::{CadsConfig, GuidanceInterval, LogProbReduction, SamplerConfig, SamplerKind};
-use divrl_reward::{RewardKind, RewardSpec};
+use divrl_reward::{MmdKernel, RewardKind, RewardSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,8 +63,13 @@ pub struct FinetuneConfig {
     pub gamma: Option<f64>,
     /// Polynomial kernel offset (mmd); default 1.
     pub coef0: Option<f64>,
-    /// RBF bandwidth (gp-mi); default the median pairwise distance of the references.
+    /// RBF bandwidth (gp-mi, mmd with the RBF kernel); default `sigma_scale` × the median
+    /// pairwise distance of each condition's references.
     pub sigma: Option<f64>,
+    /// Multiple of the median reference distance used as the RBF bandwidth when `sigma` is unset.
+    pub sigma_scale: f64,
+    /// Kernel of the MMD reward: `polynomial` (KID) or `rbf`.
+    pub mmd_kernel: MmdKernel,
     /// Kernel-diagonal jitter (gp-mi).
     pub jitter: f64,
     /// k of the k-NN balls (recall).
@@ -189,6 +194,8 @@ impl Default for FinetuneConfig {
             gamma: None,
             coef0: None,
             sigma: None,
+            sigma_scale: 1.0,
+            mmd_kernel: MmdKernel::Polynomial,
             jitter: 1e-6,
             recall_k: 3,
             reward_scale: 1.0,
@@ -304,6 +311,8 @@ impl FinetuneConfig {
             gamma: self.gamma,
             coef0: self.coef0,
             sigma: self.sigma,
+            sigma_scale: self.sigma_scale,
+            mmd_kernel: self.mmd_kernel,
             jitter: self.jitter,
             k: self.recall_k,
         }

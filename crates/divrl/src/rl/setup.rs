@@ -13,26 +13,36 @@ use super::trainer::{EvalSet, Finetuner};
 use crate::data::Dataset;
 use crate::features::Extractor;
 
+/// How many of `n` balanced reference images take each of `arity` attribute values: `n / arity`
+/// each, the remainder one by one to the first values (50 over 3 values: 17, 17, 16).
+pub fn balanced_counts(n: usize, arity: usize) -> Vec<usize> {
+    (0..arity)
+        .map(|v| n / arity + usize::from(v < n % arity))
+        .collect()
+}
+
 /// Indices of condition `c`'s reference images: the first `n` of the pool's class, or with
-/// `balanced`, the first `n / 2` of each value of the pool's binary attribute.
+/// `balanced`, the first [`balanced_counts`] of each value of the pool's attribute.
 pub fn reference_indices(pool: &Dataset, c: i64, n: usize, balanced: bool) -> Result<Vec<usize>> {
     let of_class = (0..pool.len()).filter(|&i| pool.labels[i] == c);
     let idx: Vec<usize> = if balanced {
-        let attrs = pool.attributes.as_ref().with_context(|| {
+        let attr = pool.attribute.as_ref().with_context(|| {
             "balanced_reference needs a data set with an attribute (e.g. fashion-mnist-skewed)"
         })?;
         let mut idx: Vec<usize> = Vec::with_capacity(n);
-        for v in [0u8, 1] {
+        for (v, want) in balanced_counts(n, attr.kind.arity())
+            .into_iter()
+            .enumerate()
+        {
             let part: Vec<usize> = of_class
                 .clone()
-                .filter(|&i| attrs[i] == v)
-                .take(n / 2)
+                .filter(|&i| attr.values[i] as usize == v)
+                .take(want)
                 .collect();
-            if part.len() < n / 2 {
+            if part.len() < want {
                 bail!(
-                    "class {c} has {} reference images with attribute {v}, {} asked for",
+                    "class {c} has {} reference images with attribute {v}, {want} asked for",
                     part.len(),
-                    n / 2
                 );
             }
             idx.extend(part);
@@ -156,7 +166,7 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
         };
         Some(EvalSet {
             features: f.features.to_kind(Kind::Float),
-            attribute: splits.eval.attributes.is_some(),
+            attribute: splits.eval.attribute.as_ref().map(|a| a.kind),
             independent,
             pixels: Some((
                 super::trainer::pixel_rows(&subset.images, false)?,

@@ -53,8 +53,8 @@ pub const MERGED_DIR: &str = "merged";
 pub struct EvalSet {
     /// `[N, D]` features of the held-out real images (the conditions' classes only).
     pub features: Tensor,
-    /// Report the inversion attribute's histogram and KL to uniform (skewed variant).
-    pub attribute: bool,
+    /// Report this attribute's histogram and KL to uniform (skewed variants).
+    pub attribute: Option<crate::data::AttributeKind>,
     /// A second feature network the reward never uses, with the held-out images' features in
     /// its space (`eval_independent`).
     pub independent: Option<(Box<dyn Extractor>, Tensor)>,
@@ -628,17 +628,12 @@ impl Finetuner {
         let labels: Vec<i64> = (0..images.size()[0] as usize)
             .map(|i| self.classes[i % self.classes.len()])
             .collect();
-        let attribute = if ev.attribute {
-            let x01 = ((images + 1.0) / 2.0).clamp(0.0, 1.0);
-            let a = crate::data::inversion_oracle(&x01)?;
-            let labels: Vec<usize> = a.into_iter().map(usize::from).collect();
-            Some(AttributeReport::new(
-                "inversion",
-                vec!["normal".into(), "inverted".into()],
-                &labels,
-            )?)
-        } else {
-            None
+        let attribute = match ev.attribute {
+            Some(kind) => {
+                let x01 = ((images + 1.0) / 2.0).clamp(0.0, 1.0);
+                Some(AttributeReport::from_oracle(kind, &x01)?)
+            }
+            None => None,
         };
         let mut report = crate::eval::evaluate(
             self.phi.name(),
