@@ -16,10 +16,13 @@ use super::{finish, ft_sizes, sizes_of, Ctx, ExperimentTable};
 use crate::eval::EvalReport;
 use crate::rl::{presets, FinetuneConfig};
 
+/// Reads one number from a report (`None` where the report lacks it).
+pub type MetricFn = Box<dyn Fn(&EvalReport) -> Option<f64>>;
+
 /// One metric of a report, by name.
 pub struct Metric {
     pub header: String,
-    pub get: Box<dyn Fn(&EvalReport) -> Option<f64>>,
+    pub get: MetricFn,
 }
 
 impl Metric {
