@@ -207,19 +207,38 @@ pub fn tables(cells: &[super::CellResult], metrics: &[Metric]) -> Vec<Table> {
     vec![summary, delta, per_seed]
 }
 
+/// The sizes a seeded experiment's report lists: the fine-tuning sizes, the seeds, guidance, K,
+/// the reward and the independent space.
+pub(super) fn seeded_sizes(cfg: &FinetuneConfig, seeds: &[u64]) -> Vec<(&'static str, String)> {
+    let mut extra = ft_sizes(cfg);
+    extra.push((
+        "seeds",
+        seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    extra.push(("guidance", cfg.guidance.to_string()));
+    extra.push((
+        "generated sets per class and epoch (K)",
+        cfg.sets_per_class.to_string(),
+    ));
+    extra.push(("reward", reward_description(cfg)));
+    extra.push((
+        "independent space",
+        if cfg.eval_independent.is_empty() {
+            "none".to_string()
+        } else {
+            cfg.eval_independent.clone()
+        },
+    ));
+    extra
+}
+
 /// The preset of the experiment with the options applied (seed 1).
 fn config(ctx: &Ctx) -> Result<FinetuneConfig> {
-    let mut c = presets::diversity(ctx.opts.quick);
-    if let Some(b) = &ctx.opts.base {
-        c.base = b.clone();
-    }
-    if let Some(d) = &ctx.opts.device {
-        c.device = d.clone();
-    }
-    if let Some(t) = ctx.opts.threads {
-        c.threads = t;
-    }
-    let mut c = super::apply_overlay(c, ctx.opts.overlay.as_ref())?;
+    let mut c = ctx.overridden(presets::diversity(ctx.opts.quick))?;
     if let Some(w) = ctx.opts.guidance {
         c.guidance = w;
     }
@@ -263,29 +282,7 @@ pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, Stri
             cells.push(ctx.finetune_in(&name, &run, &p(&format!("{rl}-2x")), c2)?);
         }
     }
-    let mut extra = ft_sizes(&cfg);
-    extra.push((
-        "seeds",
-        seeds
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-    ));
-    extra.push(("guidance", cfg.guidance.to_string()));
-    extra.push((
-        "generated sets per class and epoch (K)",
-        cfg.sets_per_class.to_string(),
-    ));
-    extra.push(("reward", reward_description(&cfg)));
-    extra.push((
-        "independent space",
-        if cfg.eval_independent.is_empty() {
-            "none".to_string()
-        } else {
-            cfg.eval_independent.clone()
-        },
-    ));
+    let mut extra = seeded_sizes(&cfg, &seeds);
     for b in &baselines {
         extra.push(("sampler baseline", format!("{}: {}", b.name, b.overlay)));
     }

@@ -213,7 +213,14 @@ impl Ctx<'_> {
 
     /// The preset with the experiment's overrides.
     fn config(&self, reward: RewardKind, guidance: f64) -> Result<FinetuneConfig> {
-        let mut c = presets::experiment(reward, guidance, self.opts.quick);
+        let mut c = self.overridden(presets::experiment(reward, guidance, self.opts.quick))?;
+        // The experiment decides the guidance, whatever the overlay says.
+        c.guidance = guidance;
+        Ok(c)
+    }
+
+    /// `preset` with the options' base, device and threads, then the overlay.
+    fn overridden(&self, mut c: FinetuneConfig) -> Result<FinetuneConfig> {
         if let Some(b) = &self.opts.base {
             c.base = b.clone();
         }
@@ -223,10 +230,7 @@ impl Ctx<'_> {
         if let Some(t) = self.opts.threads {
             c.threads = t;
         }
-        // The experiment decides the guidance, whatever the overlay says.
-        let mut c = apply_overlay(c, self.opts.overlay.as_ref())?;
-        c.guidance = guidance;
-        Ok(c)
+        apply_overlay(c, self.opts.overlay.as_ref())
     }
 
     /// Progress units of a cell: its epochs and one evaluation.
@@ -940,17 +944,7 @@ pub use crate::rl::presets::SKEWED_BASE;
 /// The debias preset for the attribute with the options applied (seed 1).
 fn debias_config(ctx: &Ctx) -> Result<FinetuneConfig> {
     let kind = ctx.opts.attribute.unwrap_or(AttributeKind::Inversion);
-    let mut c = presets::debias(ctx.opts.quick, kind);
-    if let Some(b) = &ctx.opts.base {
-        c.base = b.clone();
-    }
-    if let Some(d) = &ctx.opts.device {
-        c.device = d.clone();
-    }
-    if let Some(t) = ctx.opts.threads {
-        c.threads = t;
-    }
-    let mut c = apply_overlay(c, ctx.opts.overlay.as_ref())?;
+    let mut c = ctx.overridden(presets::debias(ctx.opts.quick, kind))?;
     if let Some(w) = ctx.opts.guidance {
         c.guidance = w;
     }
@@ -998,30 +992,8 @@ fn debias(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
     if cells.iter().any(|c| c.report.attribute.is_none()) {
         bail!("the evaluation set has no attribute: debias needs a data set with one (fashion-mnist-skewed or fashion-mnist-background)");
     }
-    let mut extra = ft_sizes(&cfg);
-    extra.push((
-        "seeds",
-        seeds
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-    ));
-    extra.push(("guidance", cfg.guidance.to_string()));
+    let mut extra = diversity::seeded_sizes(&cfg, &seeds);
     extra.push(("data", cfg.data.clone()));
-    extra.push((
-        "generated sets per class and epoch (K)",
-        cfg.sets_per_class.to_string(),
-    ));
-    extra.push(("reward", diversity::reward_description(&cfg)));
-    extra.push((
-        "independent space",
-        if cfg.eval_independent.is_empty() {
-            "none".to_string()
-        } else {
-            cfg.eval_independent.clone()
-        },
-    ));
     let names: Vec<String> = cells
         .iter()
         .find_map(|c| c.report.attribute.as_ref())
