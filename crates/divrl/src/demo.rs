@@ -85,13 +85,7 @@ pub fn class_rows(images: &Tensor, k: usize, g: usize) -> Result<Tensor> {
 /// PNG bytes of a class-row grid.
 pub fn grid_png(images: &Tensor, k: usize, g: usize) -> Result<Vec<u8>> {
     let rows = class_rows(images, k, g)?;
-    let img = crate::sample::make_grid(&rows, g)?;
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    Ok(bytes)
+    crate::sample::png_bytes(&crate::sample::make_grid(&rows, g)?)
 }
 
 /// CPU model and core count of this machine, for reports.

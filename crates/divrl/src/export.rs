@@ -59,12 +59,7 @@ impl Images8 {
                 image::RgbImage::from_raw(w, h, buf).context("image buffer")?,
             )
         };
-        let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )?;
-        Ok(bytes)
+        crate::sample::png_bytes(&img)
     }
 }
 

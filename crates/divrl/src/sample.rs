@@ -237,13 +237,17 @@ pub fn make_grid(images: &Tensor, nrow: usize) -> Result<image::DynamicImage> {
     Ok(img)
 }
 
-/// Writes a PNG grid atomically.
-pub fn save_grid(images: &Tensor, nrow: usize, path: &Path) -> Result<()> {
-    let img = make_grid(images, nrow)?;
+/// An image encoded as PNG bytes (lossless).
+pub fn png_bytes(img: &image::DynamicImage) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )?;
-    write_atomic(path, &bytes)
+    Ok(bytes)
+}
+
+/// Writes a PNG grid atomically.
+pub fn save_grid(images: &Tensor, nrow: usize, path: &Path) -> Result<()> {
+    write_atomic(path, &png_bytes(&make_grid(images, nrow)?)?)
 }

@@ -247,28 +247,53 @@ fn config(ctx: &Ctx) -> Result<FinetuneConfig> {
 
 pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
     let cfg = config(ctx)?;
-    let seeds = ctx.opts.seeds.clone().unwrap_or(if ctx.opts.quick {
-        vec![1, 2]
-    } else {
-        vec![1, 2, 3]
-    });
+    let seeds = seeds_of(ctx, if ctx.opts.quick { 2 } else { 3 })?;
+    let baselines = &ctx.opts.sampler_baselines;
+    let cells = seeded_cells(ctx, &cfg, &seeds, baselines, ctx.opts.double)?;
+    let mut extra = seeded_sizes(&cfg, &seeds);
+    for b in baselines {
+        extra.push(("sampler baseline", format!("{}: {}", b.name, b.overlay)));
+    }
+    let sizes = sizes_of(&cfg, &extra);
+    let table = finish(ctx, sizes, cells, Vec::new())?;
+    Ok((table, Vec::new()))
+}
+
+/// `--seeds`, or seeds 1..=`default` (at least one).
+pub(super) fn seeds_of(ctx: &Ctx, default: u64) -> Result<Vec<u64>> {
+    let seeds = ctx
+        .opts
+        .seeds
+        .clone()
+        .unwrap_or_else(|| (1..=default).collect());
     if seeds.is_empty() {
         bail!("--seeds must name at least one seed");
     }
-    let baselines = ctx.opts.sampler_baselines.clone();
-    let double = ctx.opts.double;
+    Ok(seeds)
+}
+
+/// The cells of a seeded experiment. Per seed s: the base model (`base-s<s>`) and each sampler
+/// baseline on that seed's evaluation noise, the RL run `rl-s<s>` of `cfg` with seed s and, with
+/// `double`, its continuation to twice the epochs (`rl2x-s<s>`).
+pub(super) fn seeded_cells(
+    ctx: &Ctx,
+    cfg: &FinetuneConfig,
+    seeds: &[u64],
+    baselines: &[SamplerBaseline],
+    double: bool,
+) -> Result<Vec<super::CellResult>> {
     let per_seed_units = 1
         + baselines.len() as u64
-        + Ctx::units(&cfg, true)
-        + if double { Ctx::units(&cfg, true) } else { 0 };
+        + Ctx::units(cfg, true)
+        + if double { Ctx::units(cfg, true) } else { 0 };
     ctx.pb.set_length(per_seed_units * seeds.len() as u64);
     let mut cells = Vec::new();
-    for &s in &seeds {
+    for &s in seeds {
         let mut c = cfg.clone();
         c.seed = s;
         let p = |method: &str| [("method", method.to_string()), ("seed", s.to_string())];
         cells.push(ctx.baseline(&format!("base-s{s}"), &p("base"), &c)?);
-        for b in &baselines {
+        for b in baselines {
             let bc = super::apply_overlay(c.clone(), Some(&b.overlay))?;
             cells.push(ctx.baseline(&format!("{}-s{s}", b.name), &p(&b.name), &bc)?);
         }
@@ -282,13 +307,7 @@ pub(super) fn diversity(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, Stri
             cells.push(ctx.finetune_in(&name, &run, &p(&format!("{rl}-2x")), c2)?);
         }
     }
-    let mut extra = seeded_sizes(&cfg, &seeds);
-    for b in &baselines {
-        extra.push(("sampler baseline", format!("{}: {}", b.name, b.overlay)));
-    }
-    let sizes = sizes_of(&cfg, &extra);
-    let table = finish(ctx, sizes, cells, Vec::new())?;
-    Ok((table, Vec::new()))
+    Ok(cells)
 }
 
 pub(super) fn reward_description(cfg: &FinetuneConfig) -> String {

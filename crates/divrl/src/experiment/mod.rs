@@ -130,28 +130,32 @@ pub struct PaperRow {
     pub fid: f64,
 }
 
+/// Rows `(row, Recall %, Precision %, FID)`.
+fn paper_rows(rows: &[(&str, f64, f64, f64)]) -> Vec<PaperRow> {
+    rows.iter()
+        .map(|&(row, recall, precision, fid)| PaperRow {
+            row: row.into(),
+            recall,
+            precision,
+            fid,
+        })
+        .collect()
+}
+
 /// Table 1 of the paper (ImageNet 128×128, post-sampling selection of 5 of 10).
 pub fn paper_table1() -> Vec<PaperRow> {
-    [
+    paper_rows(&[
         ("random", 40.22, 85.77, 8.10),
         ("max-mmd", 47.66, 83.26, 6.22),
         ("max-gp-mi", 45.31, 84.14, 6.81),
         ("min-mmd", 27.69, 92.39, 14.94),
         ("min-gp-mi", 31.24, 88.26, 10.32),
-    ]
-    .into_iter()
-    .map(|(row, recall, precision, fid)| PaperRow {
-        row: row.into(),
-        recall,
-        precision,
-        fid,
-    })
-    .collect()
+    ])
 }
 
 /// Table 2 of the paper (ImageNet 128×128, fine-tuning at guidance 1–4).
 pub fn paper_table2() -> Vec<PaperRow> {
-    [
+    paper_rows(&[
         ("w4-baseline", 36.15, 82.96, 24.49),
         ("w4-gp-mi", 45.31, 81.72, 23.81),
         ("w4-mmd", 47.66, 83.26, 23.42),
@@ -164,15 +168,7 @@ pub fn paper_table2() -> Vec<PaperRow> {
         ("w1-baseline", 55.10, 74.16, 19.86),
         ("w1-gp-mi", 56.13, 73.52, 19.49),
         ("w1-mmd", 59.63, 74.84, 19.19),
-    ]
-    .into_iter()
-    .map(|(row, recall, precision, fid)| PaperRow {
-        row: row.into(),
-        recall,
-        precision,
-        fid,
-    })
-    .collect()
+    ])
 }
 
 /// Lays the entries of `overlay` over `cfg` (unknown keys are an error).
@@ -970,25 +966,8 @@ fn debias(ctx: &Ctx) -> Result<(ExperimentTable, Vec<(String, String)>)> {
             cfg.base.display()
         );
     }
-    let seeds = ctx.opts.seeds.clone().unwrap_or(if ctx.opts.quick {
-        vec![1]
-    } else {
-        vec![1, 2, 3]
-    });
-    if seeds.is_empty() {
-        bail!("--seeds must name at least one seed");
-    }
-    ctx.pb
-        .set_length((1 + Ctx::units(&cfg, true)) * seeds.len() as u64);
-    let mut cells = Vec::new();
-    for &s in &seeds {
-        let mut c = cfg.clone();
-        c.seed = s;
-        let p = |method: &str| [("method", method.to_string()), ("seed", s.to_string())];
-        cells.push(ctx.baseline(&format!("base-s{s}"), &p("base"), &c)?);
-        let run = format!("rl-s{s}");
-        cells.push(ctx.finetune_in(&run, &run, &p(&format!("rl-{}", c.reward)), c)?);
-    }
+    let seeds = diversity::seeds_of(ctx, if ctx.opts.quick { 1 } else { 3 })?;
+    let cells = diversity::seeded_cells(ctx, &cfg, &seeds, &[], false)?;
     if cells.iter().any(|c| c.report.attribute.is_none()) {
         bail!("the evaluation set has no attribute: debias needs a data set with one (fashion-mnist-skewed or fashion-mnist-background)");
     }
