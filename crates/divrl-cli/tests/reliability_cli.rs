@@ -391,3 +391,52 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn rbf_mmd_bandwidth_scale_equals_the_explicit_sigma_and_rejects_bad_scales() {
+    let (g, r) = (example("diverse.npy"), example("reference.npy"));
+    let base = [
+        "reward",
+        "--generated",
+        &g,
+        "--reference",
+        &r,
+        "--kind",
+        "mmd",
+    ];
+    // The bandwidth `--sigma-scale 1` resolves to, read from the text report.
+    let (text, _) = run_ok(divrl().args(base).args(["--mmd-kernel", "rbf"]));
+    let sigma: f64 = text
+        .split("\"sigma\":")
+        .nth(1)
+        .and_then(|t| t.split('}').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RBF sigma in {text}"));
+    let set_reward = |extra: &[&str]| -> f64 {
+        let (out, _) = run_ok(divrl().args(base).args(extra).arg("--json"));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["set_reward"].as_f64().unwrap()
+    };
+    let scaled = set_reward(&["--mmd-kernel", "rbf", "--sigma-scale", "2"]);
+    let explicit = set_reward(&["--mmd-kernel", "rbf", "--sigma", &(2.0 * sigma).to_string()]);
+    assert!(
+        (scaled - explicit).abs() <= 1e-12 * explicit.abs().max(1.0),
+        "{scaled} vs {explicit}"
+    );
+    assert!(
+        (scaled - set_reward(&[])).abs() > 1e-9,
+        "the RBF kernel must differ from the polynomial one"
+    );
+    for bad in ["0", "nan", "inf"] {
+        let e = err_of(
+            &[
+                base.as_slice(),
+                &["--mmd-kernel", "rbf", "--sigma-scale", bad],
+            ]
+            .concat(),
+        );
+        assert!(e.contains("sigma_scale"), "{bad}: {e}");
+    }
+    let e = err_of(&[base.as_slice(), &["--mmd-kernel", "gaussian"]].concat());
+    assert!(e.contains("mmd-kernel") || e.contains("gaussian"), "{e}");
+}
