@@ -16,7 +16,8 @@ use divrl_report::{line_plot, Block, Figure, Report, Series, Table};
 
 use crate::config::write_atomic;
 use crate::eval::EvalReport;
-use crate::rl::trainer::{EpochLog, EvalLog, LOG_FILE};
+use crate::rl::run_dir::LOG_FILE;
+use crate::rl::trainer::{planned_evals, EpochLog, EvalLog};
 use crate::rl::{FinetuneConfig, Finetuner};
 
 pub const REPORT_HTML: &str = "report.html";
@@ -163,14 +164,6 @@ fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<T> {
 
 fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
     write_atomic(p, &serde_json::to_vec_pretty(v)?)
-}
-
-/// Evaluations a run with `cfg` makes: before, every `eval_every` epochs, and after the last.
-pub fn planned_evals(cfg: &FinetuneConfig) -> usize {
-    if cfg.eval_every == 0 {
-        return 0;
-    }
-    1 + cfg.epochs / cfg.eval_every + usize::from(cfg.epochs % cfg.eval_every != 0)
 }
 
 /// A progress bar (hidden without `progress`) with divrl's style.
@@ -559,19 +552,5 @@ mod tests {
         let s = utc_now();
         assert_eq!(s.len(), 23, "{s}");
         assert!(s.starts_with("20"), "{s}");
-    }
-
-    #[test]
-    fn planned_evals_counts_before_and_after() {
-        let mut c = FinetuneConfig {
-            epochs: 12,
-            eval_every: 6,
-            ..FinetuneConfig::default()
-        };
-        assert_eq!(planned_evals(&c), 3);
-        c.epochs = 13;
-        assert_eq!(planned_evals(&c), 4);
-        c.eval_every = 0;
-        assert_eq!(planned_evals(&c), 0);
     }
 }

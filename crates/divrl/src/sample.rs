@@ -30,6 +30,28 @@ impl Trajectory {
         self.latents.get(self.num_steps() as i64)
     }
 
+    /// The batches `parts` (same timesteps and sampler) as one trajectory, in order.
+    pub fn cat(mut parts: Vec<Trajectory>) -> Result<Self> {
+        match parts.len() {
+            0 => anyhow::bail!("no trajectories to concatenate"),
+            1 => return Ok(parts.pop().expect("one part")),
+            _ => {}
+        }
+        if parts.iter().any(|p| p.timesteps != parts[0].timesteps) {
+            anyhow::bail!("trajectories with different timesteps cannot be concatenated");
+        }
+        let cat = |f: fn(&Trajectory) -> &Tensor, dim: i64| {
+            Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), dim)
+        };
+        Ok(Self {
+            latents: cat(|p| &p.latents, 1),
+            log_probs: cat(|p| &p.log_probs, 1),
+            classes: cat(|p| &p.classes, 0),
+            timesteps: parts[0].timesteps.clone(),
+            sampler: parts[0].sampler.clone(),
+        })
+    }
+
     /// Stores the trajectory as safetensors (sampler config as a JSON byte tensor).
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec(&self.sampler)?;

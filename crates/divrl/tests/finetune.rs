@@ -100,13 +100,13 @@ fn replayed_log_probs_match_and_first_ratio_is_one() {
     // Per-sample replay at mixed steps = the sampler's stored log-probs = helper's replay.
     let samples: Vec<usize> = (0..b).collect();
     let steps: Vec<usize> = (0..b).map(|i| (i * 5) % traj.num_steps()).collect();
-    let sb = StepBatch::gather(&ft.sched, traj, &samples, &steps);
-    let (mean, std) = tch::no_grad(|| sb.gaussian(&ft.unet, &traj.sampler));
+    let sb = StepBatch::gather(&ft.model.sched, traj, &samples, &steps);
+    let (mean, std) = tch::no_grad(|| sb.gaussian(&ft.model.unet, &traj.sampler));
     let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
     let old = sb.old_log_probs(traj);
     assert!(common::max_abs_diff(&lp, &old) < 1e-5);
     let k = 2;
-    let theirs = tch::no_grad(|| recompute_log_prob(&ft.unet, &ft.sched, traj, k));
+    let theirs = tch::no_grad(|| recompute_log_prob(&ft.model.unet, &ft.model.sched, traj, k));
     assert!(common::max_abs_diff(&theirs, &traj.log_probs.get(k as i64)) < 1e-5);
 
     let adv: Vec<f64> = (0..b)
@@ -135,11 +135,11 @@ fn zero_advantages_leave_weights_unchanged() {
         )
         .unwrap();
         let roll = ft.sample_rollout().unwrap();
-        let (t0, b0) = (snapshot(ft.trainable()), snapshot(&ft.vs));
+        let (t0, b0) = (snapshot(ft.trainable()), snapshot(&ft.model.vs));
         ft.ppo_update(&roll, &vec![0.0; roll.conditions.len()])
             .unwrap();
         assert_eq!(max_change(&t0, &snapshot(ft.trainable())), 0.0);
-        assert_eq!(max_change(&b0, &snapshot(&ft.vs)), 0.0);
+        assert_eq!(max_change(&b0, &snapshot(&ft.model.vs)), 0.0);
         // Non-zero advantages do move them (so the check above can fail).
         let adv: Vec<f64> = (0..roll.conditions.len())
             .map(|i| (i as f64) - 5.0)
@@ -148,7 +148,7 @@ fn zero_advantages_leave_weights_unchanged() {
         assert!(max_change(&t0, &snapshot(ft.trainable())) > 0.0);
         if !full {
             assert_eq!(
-                max_change(&b0, &snapshot(&ft.vs)),
+                max_change(&b0, &snapshot(&ft.model.vs)),
                 0.0,
                 "base must stay frozen"
             );
@@ -168,8 +168,8 @@ fn every_lora_parameter_gets_a_gradient_and_the_base_none() {
     ft.ppo_update(&roll, &adv).unwrap();
     let samples: Vec<usize> = (0..b).collect();
     let steps: Vec<usize> = (0..b).map(|i| i % roll.traj.num_steps()).collect();
-    let sb = StepBatch::gather(&ft.sched, &roll.traj, &samples, &steps);
-    let (mean, std) = sb.gaussian(&ft.unet, &roll.traj.sampler);
+    let sb = StepBatch::gather(&ft.model.sched, &roll.traj, &samples, &steps);
+    let (mean, std) = sb.gaussian(&ft.model.unet, &roll.traj.sampler);
     let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, roll.traj.sampler.reduction);
     let a = Tensor::from_slice(&adv.iter().map(|&x| x as f32).collect::<Vec<_>>());
     clipped_loss(&lp, &sb.old_log_probs(&roll.traj), &a, 1.0)
@@ -185,7 +185,7 @@ fn every_lora_parameter_gets_a_gradient_and_the_base_none() {
             "{n} has a zero gradient"
         );
     }
-    for (n, t) in ft.vs.variables() {
+    for (n, t) in ft.model.vs.variables() {
         assert!(!t.requires_grad(), "base variable {n} is trainable");
         assert!(!t.grad().defined(), "base variable {n} got a gradient");
     }
@@ -278,7 +278,7 @@ fn merged_export_equals_the_adapted_model() {
     let x = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[10i64, 500, 900]);
     let c = Tensor::from_slice(&[0i64, 1, 3]);
-    let a = tch::no_grad(|| ft.unet.forward(&x, &t, &c));
+    let a = tch::no_grad(|| ft.model.unet.forward(&x, &t, &c));
     let b = tch::no_grad(|| merged.unet.forward(&x, &t, &c));
     let base = tch::no_grad(|| tiny_model(5).unet.forward(&x, &t, &c));
     assert!(common::max_abs_diff(&a, &b) < 1e-4);
@@ -486,8 +486,8 @@ fn ppo_update_equals_a_hand_written_clipped_step() {
         let a = Tensor::from_slice(&mb.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>());
         for j in 0..n_t {
             let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
-            let sb = StepBatch::gather(&hand.sched, &roll.traj, mb, &steps);
-            let (mean, std) = sb.gaussian(&hand.unet, sampler);
+            let sb = StepBatch::gather(&hand.model.sched, &roll.traj, mb, &steps);
+            let (mean, std) = sb.gaussian(&hand.model.unet, sampler);
             let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
             let ratio = (lp - sb.old_log_probs(&roll.traj)).exp();
             let surrogate = (-&a * &ratio)
@@ -558,7 +558,7 @@ fn each_generated_set_is_scored_on_its_own() {
     let roll = ft.sample_rollout().unwrap();
     assert_eq!(roll.conditions.len(), 3 * 2 * 4);
     assert_eq!(roll.sets.len(), roll.conditions.len());
-    let scores = ft.score(&roll).unwrap();
+    let scores = ft.score(&roll, &roll.traj.images()).unwrap();
     // Recompute every set by hand: its 4 images' features against its class's references.
     let (feats, _) = ft.features(&roll.traj.images()).unwrap();
     let all = divrl::features::to_features("f", &feats).unwrap();

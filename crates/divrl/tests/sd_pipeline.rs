@@ -13,7 +13,8 @@ use divrl::nn::lora_diffusers::{
     apply_lora, export_peft, read_lora, read_safetensors_metadata, unet_lora_layers,
     ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE,
 };
-use divrl::rl::sd_trainer::{reference_features, reference_files};
+use divrl::rl::sd_model::SD_LORA_DIR;
+use divrl::rl::setup::{file_features, reference_files};
 use divrl::rl::{FinetuneConfig, SdFinetuner};
 use divrl::sample::recompute_log_prob;
 use divrl::schedule::EpsModel;
@@ -508,18 +509,20 @@ fn two_rl_epochs_train_every_adapter_and_export_round_trips() {
     assert_eq!(files[1].len(), 4);
     let mut references = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {
-        references.insert(i as i64, reference_features(&phi, f, "refs").unwrap());
+        references.insert(i as i64, file_features(&phi, f, "refs").unwrap());
     }
     assert_eq!(references[&0].dim() as i64, phi.dim());
     let sd = load(dir.path());
     let mut tr = SdFinetuner::new(cfg.clone(), sd, Box::new(phi), references).unwrap();
     let b0: Vec<(String, Tensor)> = tr
+        .model
         .lora_vs
         .variables()
         .into_iter()
         .map(|(n, t)| (n, t.detach().copy()))
         .collect();
-    let lora_dir = tr.run(false).unwrap();
+    tr.run(false).unwrap();
+    let lora_dir = tr.cfg.out.join(SD_LORA_DIR);
     assert_eq!(tr.epoch, 2);
     let log = std::fs::read_to_string(cfg.out.join("log.jsonl")).unwrap();
     let lines: Vec<Value> = log
@@ -538,7 +541,7 @@ fn two_rl_epochs_train_every_adapter_and_export_round_trips() {
         .join("checkpoints/epoch-000002/trainable.safetensors")
         .exists());
     // Every B left zero (B moves only through its gradient: no decay acts on 0).
-    let now: BTreeMap<String, Tensor> = tr.lora_vs.variables().into_iter().collect();
+    let now: BTreeMap<String, Tensor> = tr.model.lora_vs.variables().into_iter().collect();
     for (n, t0) in &b0 {
         if n.ends_with("lora_b") {
             assert!(max_abs(&now[n], t0) > 0.0, "{n} did not move");
@@ -546,20 +549,21 @@ fn two_rl_epochs_train_every_adapter_and_export_round_trips() {
     }
     // Gradient coverage after training: every adapter parameter gets a non-zero gradient.
     let roll = tr.sample_rollout().unwrap();
-    let policy = tr.policy();
+    let policy = tr.model.policy();
     let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
     for k in 0..roll.traj.num_steps() {
-        loss += recompute_log_prob(&policy, &tr.sd.scheduler.sched, &roll.traj, k).sum(Kind::Float);
+        loss += recompute_log_prob(&policy, &tr.model.sd.scheduler.sched, &roll.traj, k)
+            .sum(Kind::Float);
     }
     loss.backward();
-    for (n, v) in tr.lora_vs.variables() {
+    for (n, v) in tr.model.lora_vs.variables() {
         assert!(
             v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0,
             "{n}: no gradient"
         );
     }
     // The exported LoRA round-trips.
-    let trained = eps_probe(&tr.sd);
+    let trained = eps_probe(&tr.model.sd);
     let mut sd2 = load(dir.path());
     let lvs2 = VarStore::new(Device::Cpu);
     apply_lora(&mut sd2.unet, &lvs2.root(), &read_lora(&lora_dir).unwrap()).unwrap();
@@ -590,7 +594,7 @@ fn resume_continues_the_same_run() {
         let references = files
             .iter()
             .enumerate()
-            .map(|(i, f)| (i as i64, reference_features(&phi, f, "refs").unwrap()))
+            .map(|(i, f)| (i as i64, file_features(&phi, f, "refs").unwrap()))
             .collect();
         SdFinetuner::new(cfg, load(dir.path()), Box::new(phi), references).unwrap()
     };
@@ -602,8 +606,8 @@ fn resume_continues_the_same_run() {
     assert!(second.resume().unwrap());
     assert_eq!(second.epoch, 1);
     second.run(false).unwrap();
-    let a: BTreeMap<String, Tensor> = full.lora_vs.variables().into_iter().collect();
-    for (n, t) in second.lora_vs.variables() {
+    let a: BTreeMap<String, Tensor> = full.model.lora_vs.variables().into_iter().collect();
+    for (n, t) in second.model.lora_vs.variables() {
         assert!(max_abs(&t, &a[&n]) < 1e-6, "{n} differs after resume");
     }
 }
@@ -805,12 +809,13 @@ fn checkpointed_and_plain_ppo_steps_agree_to_float_precision() {
         let references = files
             .iter()
             .enumerate()
-            .map(|(i, f)| (i as i64, reference_features(&phi, f, "refs").unwrap()))
+            .map(|(i, f)| (i as i64, file_features(&phi, f, "refs").unwrap()))
             .collect();
         SdFinetuner::new(cfg, load(dir.path()), Box::new(phi), references).unwrap()
     };
     let snapshot = |tr: &SdFinetuner| -> BTreeMap<String, Tensor> {
-        tr.lora_vs
+        tr.model
+            .lora_vs
             .variables()
             .into_iter()
             .map(|(n, t)| (n, t.detach().copy()))
@@ -819,8 +824,8 @@ fn checkpointed_and_plain_ppo_steps_agree_to_float_precision() {
     let mut plain = build("plain", false);
     let mut ck = build("ckpt", true);
     // Away from LoRA's zero start (where lora_a has no gradient), the same for both.
-    randomize_lora(&plain.lora_vs, 31);
-    ck.lora_vs.copy(&plain.lora_vs).unwrap();
+    randomize_lora(&plain.model.lora_vs, 31);
+    ck.model.lora_vs.copy(&plain.model.lora_vs).unwrap();
     let w0 = snapshot(&plain);
     for (n, t) in snapshot(&ck) {
         assert!(t.equal(&w0[&n]), "{n}: adapters start equal");

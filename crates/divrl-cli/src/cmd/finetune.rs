@@ -1,11 +1,10 @@
 //! `divrl finetune`: diversity-oriented RL fine-tuning of a base checkpoint (the paper's
 //! Algorithm 1). Settings come from `--config run.toml`; every field is also a flag, and flags win.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use divrl::rl::FinetuneConfig;
 use divrl::run_lock::RunLock;
 use divrl::schedule::{GuidanceInterval, SamplerKind};
@@ -284,7 +283,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
 
 /// Errors when `out` holds a run and `--resume` was not given.
 fn check_fresh(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
-    if !args.resume && out.join(divrl::rl::trainer::CHECKPOINTS_DIR).exists() {
+    if !args.resume && out.join(divrl::rl::run_dir::CHECKPOINTS_DIR).exists() {
         bail!(
             "{} already holds a run: pass --resume to continue it, or choose another --out",
             out.display()
@@ -306,11 +305,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let out = &cfg.out;
     check_fresh(&args, out)?;
     if cfg.model == "sd" {
-        let device = super::setup_device(&cfg.device, cfg.threads)?;
-        return run_sd(&args, cfg, device);
+        let trainer = divrl::rl::build_sd_finetuner(&cfg)?;
+        return train(&args, trainer, "LoRA in lora/, log.jsonl");
     }
-    let mut trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;
-    let _lock = claim(&args, out)?;
+    let trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;
+    train(&args, trainer, "lora.safetensors, merged/, log.jsonl")
+}
+
+/// Claims the run folder, resumes when asked, runs to `cfg.epochs` and reports each evaluation
+/// and where the results are (`what`).
+fn train<P: divrl::rl::PolicyModel>(
+    args: &Args,
+    mut trainer: divrl::rl::Trainer<P>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let out = trainer.cfg.out.clone();
+    let _lock = claim(args, &out)?;
     if args.resume {
         if trainer.resume()? {
             eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
@@ -324,55 +334,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("evaluation at epoch {e}:\n{}", r.table());
     }
     eprintln!(
-        "fine-tuned to epoch {} in {:.1} s -> {} (lora.safetensors, merged/, log.jsonl)",
+        "fine-tuned to epoch {} in {:.1} s -> {} ({what})",
         trainer.epoch,
         t0.elapsed().as_secs_f64(),
         out.display()
-    );
-    Ok(())
-}
-
-/// `--model sd`: Stable Diffusion with LoRA, prompts as conditions, CLIP ϕ on decoded images.
-fn run_sd(args: &Args, cfg: FinetuneConfig, device: divrl::tch::Device) -> anyhow::Result<()> {
-    use divrl::models::sd::{Precision, StableDiffusion};
-    use divrl::rl::sd_trainer::{reference_features, reference_files};
-    let precision: Precision = cfg.precision.parse()?;
-    if cfg.base.as_os_str().is_empty() {
-        bail!("--model sd needs --base <diffusers folder>");
-    }
-    let sd = StableDiffusion::load(&cfg.base, device, precision)
-        .with_context(|| format!("loading Stable Diffusion folder {}", cfg.base.display()))?;
-    let phi = divrl::rl::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
-    let files = reference_files(&cfg.references, cfg.prompts.len(), cfg.ref_per_class)?;
-    let mut references = BTreeMap::new();
-    for (i, f) in files.iter().enumerate() {
-        references.insert(
-            i as i64,
-            reference_features(
-                phi.as_ref(),
-                f,
-                &format!("reference features of prompt {i}"),
-            )?,
-        );
-    }
-    let out = cfg.out.clone();
-    let mut trainer = divrl::rl::SdFinetuner::new(cfg, sd, phi, references)?;
-    let _lock = claim(args, &out)?;
-    if args.resume {
-        if trainer.resume()? {
-            eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
-        } else {
-            eprintln!("no checkpoint in {}: starting from epoch 0", out.display());
-        }
-    }
-    let t0 = std::time::Instant::now();
-    let lora = trainer.run(!args.no_progress)?;
-    eprintln!(
-        "fine-tuned to epoch {} in {:.1} s -> {} (LoRA in {}, log.jsonl)",
-        trainer.epoch,
-        t0.elapsed().as_secs_f64(),
-        out.display(),
-        lora.display()
     );
     Ok(())
 }

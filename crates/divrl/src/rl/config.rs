@@ -14,7 +14,7 @@ use divrl_reward::{MmdKernel, RewardKind, RewardSpec};
 pub struct FinetuneConfig {
     // ---- model, data, feature space ------------------------------------------------------
     /// `unet` (a class-conditional base checkpoint) or `sd` (a Stable Diffusion diffusers folder
-    /// in `base`, prompts as conditions; see [`crate::rl::sd_trainer`]).
+    /// in `base`, prompts as conditions; see [`crate::rl::sd_model`]).
     pub model: String,
     /// sd: the prompts (condition `i` is prompt `i`).
     pub prompts: Vec<String>,

@@ -6,23 +6,34 @@
 //!
 //! - [`config`]: [`FinetuneConfig`] (TOML, every field also a CLI flag).
 //! - [`advantage`]: per-condition running normalisation and clipping.
-//! - [`ppo`]: the clipped objective and the PPO phase both trainers share; [`policy`]: replaying
-//!   trajectory steps per sample.
-//! - [`trainer`]: [`Finetuner`], the loop, checkpoints with exact resume, exports.
+//! - [`ppo`]: the clipped objective and the PPO phase; [`policy`]: replaying trajectory steps
+//!   per sample.
+//! - [`model`]: [`PolicyModel`], what the loop needs from a diffusion model;
+//!   [`unet_policy`] (the class-conditional UNet) and [`sd_model`] (Stable Diffusion) implement it.
+//! - [`trainer`]: [`Trainer`], the one loop over any [`PolicyModel`] ([`Finetuner`] and
+//!   [`SdFinetuner`] name its two instances), evaluation and exports.
+//! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning.
 //! - [`phi`]: ϕ by name (adds the parameter-free `pixels`).
-//! - [`setup`]: a [`Finetuner`] from a config (model, ϕ, references, evaluation set).
+//! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
+//!   evaluation set).
 //! - [`presets`]: the demo's and the experiments' fine-tuning settings.
 pub mod advantage;
 pub mod config;
+pub mod model;
 pub mod phi;
 pub mod policy;
 pub mod ppo;
 pub mod presets;
-pub mod sd_trainer;
+pub mod run_dir;
+pub mod sd_model;
 pub mod setup;
 pub mod trainer;
+pub mod unet_policy;
 
 pub use config::FinetuneConfig;
-pub use sd_trainer::SdFinetuner;
-pub use setup::build_finetuner;
-pub use trainer::{EvalSet, Finetuner};
+pub use model::PolicyModel;
+pub use run_dir::RunDir;
+pub use sd_model::{SdFinetuner, SdModel};
+pub use setup::{build_finetuner, build_sd_finetuner};
+pub use trainer::{EvalSet, Finetuner, Trainer};
+pub use unet_policy::UnetPolicy;

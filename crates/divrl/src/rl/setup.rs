@@ -1,17 +1,21 @@
-//! Building a [`Finetuner`] from a [`FinetuneConfig`]: the base checkpoint, ϕ, the per-condition
-//! reference sets from the data set's reference pool, and the held-out evaluation features.
-//! Shared by `divrl finetune`, `divrl demo` and the experiments.
+//! Building a run from a [`FinetuneConfig`]: for the UNet ([`build_finetuner`]) the base
+//! checkpoint, ϕ, the per-condition reference sets from the data set's reference pool and the
+//! held-out evaluation features; for Stable Diffusion ([`build_sd_finetuner`]) the diffusers
+//! folder, ϕ and one folder of reference images per prompt. Shared by `divrl finetune`,
+//! `divrl demo` and the experiments.
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use divrl_reward::Features;
 
 use super::config::FinetuneConfig;
+use super::sd_model::SdFinetuner;
 use super::trainer::{EvalSet, Finetuner};
 use crate::data::Dataset;
-use crate::features::Extractor;
+use crate::features::{extract, to_features, Extractor};
 
 /// How many of `n` balanced reference images take each of `arity` attribute values: `n / arity`
 /// each, the remainder one by one to the first values (50 over 3 values: 17, 17, 16).
@@ -178,4 +182,111 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
     };
     drop(splits);
     Finetuner::new(cfg.clone(), model, phi, references, eval)
+}
+
+/// Loads the Stable Diffusion folder `cfg.base`, ϕ and each prompt's reference images
+/// ([`reference_files`]) and binds them into an [`SdFinetuner`] (not resumed). Sets the
+/// libtorch thread count from `cfg.threads`.
+pub fn build_sd_finetuner(cfg: &FinetuneConfig) -> Result<SdFinetuner> {
+    use crate::models::sd::{Precision, StableDiffusion};
+    cfg.validate()?;
+    crate::device::set_threads(cfg.threads);
+    let device = crate::device::parse_device(&cfg.device)?;
+    let precision: Precision = cfg.precision.parse()?;
+    if cfg.base.as_os_str().is_empty() {
+        bail!("model sd needs a base (a diffusers folder)");
+    }
+    let sd = StableDiffusion::load(&cfg.base, device, precision)
+        .with_context(|| format!("loading Stable Diffusion folder {}", cfg.base.display()))?;
+    let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    let files = reference_files(&cfg.references, cfg.prompts.len(), cfg.ref_per_class)?;
+    let mut references = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        references.insert(
+            i as i64,
+            file_features(
+                phi.as_ref(),
+                f,
+                &format!("reference features of prompt {i}"),
+            )?,
+        );
+    }
+    SdFinetuner::new(cfg.clone(), sd, phi, references)
+}
+
+/// Reference images of prompt `i`: `references[i]`, or the i-th sub-folder (sorted) of a single
+/// `references[0]`; the first `n` image files (sorted by name) of it.
+pub fn reference_files(
+    references: &[PathBuf],
+    prompts: usize,
+    n: usize,
+) -> Result<Vec<Vec<PathBuf>>> {
+    let dirs: Vec<PathBuf> =
+        if references.len() == prompts && !(prompts == 1 && has_subdirs(&references[0])?) {
+            references.to_vec()
+        } else if references.len() == 1 {
+            let root = &references[0];
+            let mut subs: Vec<PathBuf> = std::fs::read_dir(root)
+                .with_context(|| format!("reading reference folder {}", root.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect();
+            subs.sort();
+            if subs.len() != prompts {
+                bail!(
+                    "{} has {} sub-folders, one per prompt ({prompts}) needed",
+                    root.display(),
+                    subs.len()
+                );
+            }
+            subs
+        } else {
+            bail!(
+                "{} reference folders for {prompts} prompts",
+                references.len()
+            );
+        };
+    dirs.iter()
+        .map(|d| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+                .with_context(|| format!("reading reference folder {}", d.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| {
+                        matches!(
+                            x.to_string_lossy().to_ascii_lowercase().as_str(),
+                            "png" | "jpg" | "jpeg"
+                        )
+                    })
+                })
+                .collect();
+            files.sort();
+            files.truncate(n);
+            if files.len() < 2 {
+                bail!(
+                    "{}: needs at least 2 reference images (png/jpg), found {}",
+                    d.display(),
+                    files.len()
+                );
+            }
+            Ok(files)
+        })
+        .collect()
+}
+
+fn has_subdirs(dir: &Path) -> Result<bool> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("reading reference folder {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().is_dir()))
+}
+
+/// ϕ features of image files (each decoded on its own, so sizes may differ).
+pub fn file_features(phi: &dyn Extractor, files: &[PathBuf], what: &str) -> Result<Features> {
+    let mut rows = Vec::with_capacity(files.len());
+    for f in files {
+        let img = crate::features::load_image_files(std::slice::from_ref(f))?;
+        rows.push(extract(phi, &img, 0, false)?.features.to_kind(Kind::Float));
+    }
+    to_features(what, &Tensor::cat(&rows, 0))
 }

@@ -1,7 +1,7 @@
-//! The fine-tuning loop, as the paper's Algorithm 1:
+//! The fine-tuning loop, as the paper's Algorithm 1, once for every [`PolicyModel`]:
 //!
 //! ```text
-//! while not converged:                                       (Finetuner::run)
+//! while not converged:                                       (Trainer::run)
 //!     for each condition c: sample M images with trajectories   (sample_rollout)
 //!     compute the set Diversity Reward against X_r|c            (score)
 //!     assign each image its marginal utility, eq. (18)          (score)
@@ -11,43 +11,33 @@
 //!
 //! Only the LoRA adapters train (the base is frozen) unless `full_finetune`. Every random draw
 //! comes from one SplitMix64 stream whose state is checkpointed with the weights, the optimizer
-//! and the advantage tracker, so a resumed run continues exactly where the uninterrupted one would.
+//! and the advantage tracker ([`RunDir`]), so a resumed run continues exactly where the
+//! uninterrupted one would.
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use divrl_reward::{DiversityReward, Features};
 
-use crate::checkpoint::{load_vars, BaseConfig, LoadedModel, CONFIG_FILE, EMA_FILE};
-use crate::config::{
-    read_safetensors, read_toml, write_atomic, write_safetensors_atomic, write_toml,
-};
+use crate::checkpoint::LoadedModel;
+use crate::config::{read_toml, write_toml};
 use crate::eval::{AttributeReport, EvalOptions, EvalReport};
 use crate::features::{extract, to_features, Extractor};
-use crate::models::unet::UNet;
-use crate::optim::{copy_vars, AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
-use crate::sample::{sample_trajectory, save_grid, Trajectory};
-use crate::schedule::{NoiseSchedule, SamplerConfig};
+use crate::sample::{save_grid, Trajectory};
 
 use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
 use super::config::FinetuneConfig;
+use super::model::PolicyModel;
 use super::policy::StepBatch;
 pub use super::ppo::PpoStats;
-use super::ppo::{self, Replay, StepPolicy};
-
-pub const LOG_FILE: &str = "log.jsonl";
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
-pub const LATEST_FILE: &str = "latest";
-pub const TRAINABLE_FILE: &str = "trainable.safetensors";
-pub const OPTIM_FILE: &str = "optim.safetensors";
-pub const STATE_FILE: &str = "state.json";
-pub const LORA_FILE: &str = "lora.safetensors";
-pub const LORA_CONFIG_FILE: &str = "lora.toml";
-pub const MERGED_DIR: &str = "merged";
+use super::ppo::{self, StepPolicy};
+pub use super::run_dir::{RlState, RunDir};
+use super::unet_policy::UnetPolicy;
 
 /// Held-out real images for the evaluation pass, already in ϕ's feature space.
 pub struct EvalSet {
@@ -138,29 +128,20 @@ pub struct EvalLog {
     pub seconds: f64,
 }
 
-/// What a checkpoint's `state.json` holds besides the tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RlState {
-    pub epoch: usize,
-    pub rng: u64,
-    pub tracker: ConditionStatTracker,
-    pub images_seen: u64,
-    pub train_seconds: f64,
-    pub config: FinetuneConfig,
+/// How many evaluations a run of `cfg.epochs` makes: the base's, every `eval_every` epochs, and
+/// the last epoch's when it is not on the cadence (0 without evaluation).
+pub fn planned_evals(cfg: &FinetuneConfig) -> usize {
+    if cfg.eval_every == 0 {
+        return 0;
+    }
+    1 + cfg.epochs / cfg.eval_every + usize::from(cfg.epochs % cfg.eval_every != 0)
 }
 
-/// The policy, its optimizer and everything Algorithm 1 needs.
-pub struct Finetuner {
+/// A policy model, its optimizer and everything Algorithm 1 needs.
+pub struct Trainer<P: PolicyModel> {
     pub cfg: FinetuneConfig,
-    pub base_config: BaseConfig,
-    /// The base weights (frozen unless `full_finetune`).
-    pub vs: VarStore,
-    pub unet: UNet,
-    pub sched: NoiseSchedule,
-    /// The adapters (LoRA runs).
-    pub lora_vs: Option<VarStore>,
-    /// A frozen copy of the base policy, for the KL penalty.
-    ref_model: Option<(VarStore, UNet)>,
+    /// The diffusion model with its trained variables.
+    pub model: P,
     pub opt: AdamW,
     pub tracker: ConditionStatTracker,
     pub rng: SplitMix64,
@@ -168,26 +149,20 @@ pub struct Finetuner {
     pub epoch: usize,
     pub images_seen: u64,
     pub train_seconds: f64,
+    /// The conditions the run trains on (class or prompt indices).
     pub classes: Vec<i64>,
     phi: Box<dyn Extractor>,
     rewards: BTreeMap<i64, DiversityReward>,
     eval: Option<EvalSet>,
-    device: Device,
-    last_checkpoint: Option<PathBuf>,
-    log_lines: Vec<String>,
+    run_dir: RunDir,
     /// Fixed-noise set reward of the current weights (diagnostics), if known.
     fixed_set_reward: Option<f64>,
 }
 
-/// The class-conditional UNet replays a transition with the batched guided ε of
-/// [`StepBatch::gaussian`].
-impl StepPolicy for UNet {
-    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
-        sb.gaussian(self, sampler)
-    }
-}
+/// Fine-tuning of the class-conditional UNet (Algorithm 1 with [`UnetPolicy`]).
+pub type Finetuner = Trainer<UnetPolicy>;
 
-impl Finetuner {
+impl Trainer<UnetPolicy> {
     /// Binds a base model, ϕ, the per-condition reference features (`[N, D]` each, ϕ's space) and
     /// optionally a held-out evaluation set. LoRA adapters are created from `cfg.seed`.
     pub fn new(
@@ -198,44 +173,41 @@ impl Finetuner {
         eval: Option<EvalSet>,
     ) -> Result<Self> {
         cfg.validate()?;
-        let LoadedModel {
-            mut vs,
-            mut unet,
-            sched,
-            config: base_config,
-        } = model;
-        let device = vs.device();
-        let k = base_config.model.num_classes;
-        let classes: Vec<i64> = if cfg.classes.is_empty() {
-            (0..k).collect()
-        } else {
-            let mut c = cfg.classes.clone();
-            c.sort_unstable();
-            c.dedup();
-            c
-        };
-        if let Some(c) = classes.iter().find(|&&c| c >= k) {
-            bail!(
-                "class {c} out of range: the base model has classes 0..={}",
-                k - 1
-            );
-        }
+        let model = UnetPolicy::new(&cfg, model)?;
+        Trainer::with_model(cfg, model, phi, references, eval)
+    }
+}
+
+impl<P: PolicyModel> Trainer<P> {
+    /// Binds a policy model (adapters already added), ϕ, the per-condition reference features
+    /// and optionally a held-out evaluation set; creates the optimizer over the model's trained
+    /// variables, the advantage tracker and the run's random stream.
+    pub fn with_model(
+        cfg: FinetuneConfig,
+        model: P,
+        phi: Box<dyn Extractor>,
+        references: BTreeMap<i64, Features>,
+        eval: Option<EvalSet>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let classes = model.conditions(&cfg)?;
+        let noun = model.condition_noun();
         let spec = cfg.reward_spec();
         let mut rewards = BTreeMap::new();
         for &c in &classes {
             let r = references
                 .get(&c)
-                .with_context(|| format!("no reference images for class {c}"))?;
+                .with_context(|| format!("no reference images for {noun} {c}"))?;
             if r.dim() as i64 != phi.dim() {
                 bail!(
-                    "reference features of class {c} have dimension {}, ϕ ({}) gives {}",
+                    "reference features of {noun} {c} have dimension {}, ϕ ({}) gives {}",
                     r.dim(),
                     phi.name(),
                     phi.dim()
                 );
             }
             let dr = DiversityReward::new(&spec, r.clone())
-                .with_context(|| format!("reward of class {c}"))?;
+                .with_context(|| format!("reward of {noun} {c}"))?;
             if cfg.images_per_class < dr.min_individual_size() {
                 bail!(
                     "the {} reward's per-image rewards need images_per_class >= {}, got {}",
@@ -246,50 +218,22 @@ impl Finetuner {
             }
             rewards.insert(c, dr);
         }
-        let ref_model = if cfg.kl_coef > 0.0 {
-            let mut rvs = VarStore::new(device);
-            let runet = UNet::new(&rvs.root(), &base_config.model)?;
-            copy_vars(&rvs, &vs)?;
-            rvs.freeze();
-            Some((rvs, runet))
-        } else {
-            None
-        };
-        let adam = AdamWConfig {
-            beta1: cfg.adam_beta1,
-            beta2: cfg.adam_beta2,
-            eps: cfg.adam_eps,
-            weight_decay: cfg.weight_decay,
-        };
-        let (lora_vs, opt) = if cfg.full_finetune {
-            vs.unfreeze();
-            let opt = AdamW::new(&vs, adam);
-            (None, opt)
-        } else {
-            vs.freeze();
-            let lvs = VarStore::new(device);
-            let n = crate::rng::with_torch_seed(cfg.seed as i64, || {
-                unet.add_lora(&lvs.root(), &cfg.lora_config())
-            })?;
-            if n == 0 {
-                bail!("no layer matched the LoRA targets {:?}", cfg.lora_targets);
-            }
-            let opt = AdamW::new(&lvs, adam);
-            (Some(lvs), opt)
-        };
-        let tracker = ConditionStatTracker::new(cfg.tracker_buffer, cfg.tracker_min_count);
-        let rng = SplitMix64(cfg.seed ^ 0x5EED_D1B5_0000_0001);
+        let opt = AdamW::new(
+            model.trainable(),
+            AdamWConfig {
+                beta1: cfg.adam_beta1,
+                beta2: cfg.adam_beta2,
+                eps: cfg.adam_eps,
+                weight_decay: cfg.weight_decay,
+            },
+        );
         Ok(Self {
+            tracker: ConditionStatTracker::new(cfg.tracker_buffer, cfg.tracker_min_count),
+            rng: SplitMix64(cfg.seed ^ 0x5EED_D1B5_0000_0001),
+            run_dir: RunDir::new(&cfg.out),
             cfg,
-            base_config,
-            vs,
-            unet,
-            sched,
-            lora_vs,
-            ref_model,
+            model,
             opt,
-            tracker,
-            rng,
             epoch: 0,
             images_seen: 0,
             train_seconds: 0.0,
@@ -297,24 +241,38 @@ impl Finetuner {
             phi,
             rewards,
             eval,
-            device,
-            last_checkpoint: None,
-            log_lines: Vec::new(),
             fixed_set_reward: None,
         })
     }
 
     /// The variables that train (adapters, or all base weights).
-    pub fn trainable(&self) -> &VarStore {
-        self.lora_vs.as_ref().unwrap_or(&self.vs)
+    pub fn trainable(&self) -> &tch::nn::VarStore {
+        self.model.trainable()
     }
 
-    fn image_shape(&self) -> [i64; 3] {
-        let m = &self.base_config.model;
-        [m.in_channels, m.image_size, m.image_size]
+    /// Trajectories for `labels`, `sample_batch_size` at a time (0: `default_chunk`), chunk `i`
+    /// from `seeds[i]`.
+    fn sample_labels(
+        &self,
+        sampler: &crate::schedule::SamplerConfig,
+        labels: &[i64],
+        chunk: usize,
+        seeds: &[u64],
+    ) -> Result<Trajectory> {
+        let device = self.model.device();
+        let parts = labels
+            .chunks(chunk)
+            .zip(seeds)
+            .map(|(ls, &seed)| {
+                let y = Tensor::from_slice(ls).to_device(device);
+                self.model.sample(sampler, &y, seed)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Trajectory::cat(parts)
     }
 
-    /// Algorithm 1, line 3: M images per condition, with their trajectories and log-probs.
+    /// Algorithm 1, line 3: `sets_per_class` sets of M images per condition, with their
+    /// trajectories and log-probs.
     pub fn sample_rollout(&mut self) -> Result<Rollout> {
         let mut conds = self.classes.clone();
         let per_epoch = self.cfg.classes_per_epoch;
@@ -334,31 +292,9 @@ impl Finetuner {
             0 => labels.len(),
             n => n,
         };
-        let sampler = self.cfg.sampler_config();
-        let mut parts = Vec::new();
-        for ls in labels.chunks(chunk) {
-            let seed = self.rng.next_u64();
-            let y = Tensor::from_slice(ls).to_device(self.device);
-            parts.push(sample_trajectory(
-                &self.unet,
-                &self.sched,
-                &sampler,
-                &y,
-                self.image_shape(),
-                seed,
-            )?);
-        }
-        let traj = if parts.len() == 1 {
-            parts.pop().expect("one part")
-        } else {
-            Trajectory {
-                latents: Tensor::cat(&parts.iter().map(|p| &p.latents).collect::<Vec<_>>(), 1),
-                timesteps: parts[0].timesteps.clone(),
-                log_probs: Tensor::cat(&parts.iter().map(|p| &p.log_probs).collect::<Vec<_>>(), 1),
-                classes: Tensor::cat(&parts.iter().map(|p| &p.classes).collect::<Vec<_>>(), 0),
-                sampler,
-            }
-        };
+        let seeds: Vec<u64> = labels.chunks(chunk).map(|_| self.rng.next_u64()).collect();
+        let sampler = self.model.sampler(&self.cfg);
+        let traj = self.sample_labels(&sampler, &labels, chunk, &seeds)?;
         Ok(Rollout {
             traj,
             conditions: labels,
@@ -366,22 +302,25 @@ impl Finetuner {
         })
     }
 
+    /// The `[-1, 1]` images of a trajectory's final states (decoded, for latent models).
+    pub fn images(&self, traj: &Trajectory) -> Tensor {
+        self.model.images(traj, self.cfg.sample_batch_size)
+    }
+
     /// ϕ-features (and logits) of `[-1, 1]` images, batched, on the CPU.
     pub fn features(&self, images: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
-        let out = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false));
-        match out {
-            Ok(e) => Ok((e.features, e.logits)),
-            Err(e) => Err(e),
-        }
+        let e = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false))?;
+        Ok((e.features, e.logits))
     }
 
-    /// Algorithm 1, lines 4–5: set rewards per condition and each image's marginal utility.
-    /// A non-finite feature or reward is an error (the run stops before touching the weights).
-    pub fn score(&self, roll: &Rollout) -> Result<Scores> {
-        let images = roll.traj.images();
+    /// Algorithm 1, lines 4–5: set rewards per condition on ϕ of the rollout's `images`, and
+    /// each image's marginal utility. A non-finite feature or reward is an error (the run stops
+    /// before touching the weights).
+    pub fn score(&self, roll: &Rollout, images: &Tensor) -> Result<Scores> {
+        let noun = self.model.condition_noun();
         let (feats, _) = self
-            .features(&images)
+            .features(images)
             .map_err(|e| anyhow::anyhow!("non-finite or failed ϕ features: {e}"))?;
         let all = to_features("generated features", &feats)
             .map_err(|e| anyhow::anyhow!("non-finite reward: {e}"))?;
@@ -399,10 +338,10 @@ impl Finetuner {
             }
             let out = self.rewards[&c]
                 .evaluate(&all.select_rows(&idx))
-                .with_context(|| format!("reward of class {c}"))?;
+                .with_context(|| format!("reward of {noun} {c}"))?;
             if !out.set_reward.is_finite() || out.individual.iter().any(|r| !r.is_finite()) {
                 bail!(
-                    "non-finite reward for class {c} (set reward {}, per-image {:?})",
+                    "non-finite reward for {noun} {c} (set reward {}, per-image {:?})",
                     out.set_reward,
                     out.individual
                 );
@@ -428,23 +367,17 @@ impl Finetuner {
     /// Algorithm 1, line 6: `inner_epochs` rounds of clipped importance-sampling updates over the
     /// rollout ([`ppo::ppo_update`]), with the KL penalty to the frozen base when `kl_coef > 0`.
     pub fn ppo_update(&mut self, roll: &Rollout, advantages: &[f64]) -> Result<PpoStats> {
-        let replay = Replay {
-            policy: &self.unet,
-            base: self
-                .ref_model
-                .as_ref()
-                .map(|(_, base)| base as &dyn StepPolicy),
-            sched: &self.sched,
-        };
-        ppo::ppo_update(
-            &replay,
-            &roll.traj,
-            advantages,
-            &self.cfg,
-            &mut self.opt,
-            &mut self.rng,
-            self.epoch + 1,
-        )
+        let Self {
+            model,
+            cfg,
+            opt,
+            rng,
+            epoch,
+            ..
+        } = self;
+        model.with_replay(cfg, true, |replay| {
+            ppo::ppo_update(replay, &roll.traj, advantages, cfg, opt, rng, *epoch + 1)
+        })
     }
 
     /// Mean set reward of `images_per_class` samples per condition from noise that is the same
@@ -457,24 +390,18 @@ impl Finetuner {
             .iter()
             .flat_map(|&c| std::iter::repeat_n(c, m))
             .collect();
-        let y = Tensor::from_slice(&labels).to_device(self.device);
         let seed = self.cfg.seed ^ 0xF1ED_0000_0000_0001;
-        let traj = sample_trajectory(
-            &self.unet,
-            &self.sched,
-            &self.cfg.sampler_config(),
-            &y,
-            self.image_shape(),
-            seed,
-        )?;
-        let (feats, _) = self.features(&traj.images())?;
+        let sampler = self.model.sampler(&self.cfg);
+        let traj = self.sample_labels(&sampler, &labels, labels.len(), &[seed])?;
+        let (feats, _) = self.features(&self.images(&traj))?;
         let all = to_features("generated features", &feats)?;
+        let noun = self.model.condition_noun();
         let mut sum = 0.0;
         for (j, &c) in self.classes.iter().enumerate() {
             let idx: Vec<usize> = (j * m..(j + 1) * m).collect();
             let out = self.rewards[&c]
                 .evaluate(&all.select_rows(&idx))
-                .with_context(|| format!("fixed-noise reward of class {c}"))?;
+                .with_context(|| format!("fixed-noise reward of {noun} {c}"))?;
             sum += out.set_reward;
         }
         Ok(sum / self.classes.len() as f64)
@@ -493,24 +420,30 @@ impl Finetuner {
         let mut delta = vec![0.0f64; n];
         let mut abs_sum = 0.0;
         let chunk = 100usize;
-        tch::no_grad(|| -> Result<()> {
-            for step in 0..k {
-                for start in (0..n).step_by(chunk) {
-                    let samples: Vec<usize> = (start..(start + chunk).min(n)).collect();
-                    let steps = vec![step; samples.len()];
-                    let sb = StepBatch::gather(&self.sched, traj, &samples, &steps);
-                    let (mean, std) = StepPolicy::gaussian(&self.unet, &sb, sampler);
-                    let lp =
-                        super::policy::gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
-                    let d = (lp - sb.old_log_probs(traj)).to_kind(Kind::Double);
-                    let d: Vec<f64> = Vec::<f64>::try_from(&d.to_device(Device::Cpu))?;
-                    for (&i, v) in samples.iter().zip(d) {
-                        delta[i] += v / k as f64;
-                        abs_sum += v.abs();
+        self.model.with_replay(&self.cfg, false, |replay| {
+            tch::no_grad(|| -> Result<()> {
+                for step in 0..k {
+                    for start in (0..n).step_by(chunk) {
+                        let samples: Vec<usize> = (start..(start + chunk).min(n)).collect();
+                        let steps = vec![step; samples.len()];
+                        let sb = StepBatch::gather(replay.sched, traj, &samples, &steps);
+                        let (mean, std) = StepPolicy::gaussian(replay.policy, &sb, sampler);
+                        let lp = super::policy::gaussian_log_prob_t(
+                            &sb.x_s,
+                            &mean,
+                            &std,
+                            sampler.reduction,
+                        );
+                        let d = (lp - sb.old_log_probs(traj)).to_kind(Kind::Double);
+                        let d: Vec<f64> = Vec::<f64>::try_from(&d.to_device(Device::Cpu))?;
+                        for (&i, v) in samples.iter().zip(d) {
+                            delta[i] += v / k as f64;
+                            abs_sum += v.abs();
+                        }
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
         Ok((pearson(advantages, &delta), abs_sum / (n * k) as f64))
     }
@@ -524,7 +457,8 @@ impl Finetuner {
         };
         let t0 = Instant::now();
         let roll = self.sample_rollout()?;
-        let scores = self.score(&roll)?;
+        let images = self.images(&roll.traj);
+        let scores = self.score(&roll, &images)?;
         let mut adv = self.tracker.update(&roll.conditions, &scores.rewards)?;
         clip_advantages(&mut adv, self.cfg.adv_clip);
         let ppo = self.ppo_update(&roll, &adv)?;
@@ -575,7 +509,7 @@ impl Finetuner {
             seconds: secs,
             diagnostics,
         };
-        Ok((log, roll.traj.images()))
+        Ok((log, images))
     }
 
     /// Held-out evaluation: `eval_per_class` images per condition from fixed noise (the same
@@ -600,27 +534,21 @@ impl Finetuner {
             0 => 100,
             n => n,
         };
-        let mut sampler = self.cfg.sampler_config();
+        let mut sampler = self.model.sampler(&self.cfg);
         sampler.guidance = guidance;
+        let device = self.model.device();
         let mut imgs = Vec::new();
         for (i, ls) in labels.chunks(chunk).enumerate() {
-            let y = Tensor::from_slice(ls).to_device(self.device);
+            let y = Tensor::from_slice(ls).to_device(device);
             let seed = (self.cfg.seed ^ 0xE7A1_0000_0000_0000).wrapping_add(i as u64);
-            let t = sample_trajectory(
-                &self.unet,
-                &self.sched,
-                &sampler,
-                &y,
-                self.image_shape(),
-                seed,
-            )?;
-            imgs.push(t.images().to_device(Device::Cpu));
+            let t = self.model.sample(&sampler, &y, seed)?;
+            imgs.push(self.images(&t).to_device(Device::Cpu));
         }
         Ok(Tensor::cat(&imgs, 0))
     }
 
     /// Metrics of generated `[-1, 1]` images against the held-out real features (and the
-    /// inversion attribute's histogram on data sets that have it).
+    /// attribute's histogram on data sets that have one).
     pub fn evaluate_images(&self, images: &Tensor) -> Result<EvalReport> {
         let ev = self.eval.as_ref().context("no evaluation set was given")?;
         let (feats, logits) = self.features(images)?;
@@ -683,6 +611,11 @@ impl Finetuner {
         self.phi.name()
     }
 
+    /// The run folder (log lines, checkpoints).
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run_dir
+    }
+
     fn state(&self) -> RlState {
         RlState {
             epoch: self.epoch,
@@ -694,111 +627,38 @@ impl Finetuner {
         }
     }
 
-    /// Writes `out/checkpoints/epoch-NNNNNN/` through a temporary folder and a rename, then points
-    /// `out/checkpoints/latest` at it, then prunes old checkpoints.
+    /// Writes `out/checkpoints/epoch-NNNNNN/` ([`RunDir::save_checkpoint`]).
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
-        let root = self.cfg.out.join(CHECKPOINTS_DIR);
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-        let name = format!("epoch-{:06}", self.epoch);
-        let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)?;
-        let vars: Vec<(String, Tensor)> = self.trainable().variables().into_iter().collect();
-        write_safetensors_atomic(&tmp.join(TRAINABLE_FILE), &vars)?;
-        write_safetensors_atomic(&tmp.join(OPTIM_FILE), &self.opt.state())?;
-        write_atomic(
-            &tmp.join(STATE_FILE),
-            &serde_json::to_vec_pretty(&self.state())?,
-        )?;
-        let dst = root.join(&name);
-        if dst.exists() {
-            std::fs::remove_dir_all(&dst)
-                .with_context(|| format!("removing stale {}", dst.display()))?;
-        }
-        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
-        write_atomic(&root.join(LATEST_FILE), name.as_bytes())?;
-        let mut old: Vec<PathBuf> = std::fs::read_dir(&root)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_dir()
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("epoch-") && n != name)
-            })
-            .collect();
-        old.sort();
-        let keep_old = self.cfg.keep_checkpoints.saturating_sub(1);
-        if old.len() > keep_old {
-            for p in &old[..old.len() - keep_old] {
-                std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
-            }
-        }
-        self.last_checkpoint = Some(dst.clone());
-        Ok(dst)
+        let state = self.state();
+        self.run_dir.save_checkpoint(
+            self.model.trainable(),
+            &self.opt,
+            &state,
+            self.cfg.keep_checkpoints,
+        )
     }
 
     /// Restores the newest checkpoint of `out` (weights, optimizer, tracker, RNG, epoch, log).
     /// Returns false when there is none.
     pub fn resume(&mut self) -> Result<bool> {
         let _lock = crate::run_lock::lock_run_folder(&self.cfg.out)?;
-        let root = self.cfg.out.join(CHECKPOINTS_DIR);
-        let latest = root.join(LATEST_FILE);
-        if !latest.exists() {
+        let Some((dir, state)) = self.run_dir.latest()? else {
             return Ok(false);
-        }
-        let name = std::fs::read_to_string(&latest)
-            .with_context(|| format!("reading {}", latest.display()))?;
-        let dir = root.join(name.trim());
-        let state: RlState = serde_json::from_slice(
-            &std::fs::read(dir.join(STATE_FILE))
-                .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
-        )
-        .with_context(|| format!("parsing {}", dir.join(STATE_FILE).display()))?;
+        };
         if state.config.training_identity() != self.cfg.training_identity() {
             bail!(
                 "{} was made with a different configuration (only epochs, out, device, threads and the checkpoint/sample/eval cadence may change on --resume)",
                 dir.display()
             );
         }
-        let path = dir.join(TRAINABLE_FILE);
-        match &mut self.lora_vs {
-            Some(lvs) => load_vars(lvs, &path)?,
-            None => load_vars(&mut self.vs, &path)?,
-        }
-        self.opt
-            .load_state(read_safetensors(&dir.join(OPTIM_FILE))?)
-            .with_context(|| format!("{}", dir.join(OPTIM_FILE).display()))?;
+        self.run_dir
+            .restore(&dir, state.epoch, self.model.trainable_mut(), &mut self.opt)?;
         self.tracker = state.tracker;
         self.rng = SplitMix64(state.rng);
         self.epoch = state.epoch;
         self.images_seen = state.images_seen;
         self.train_seconds = state.train_seconds;
-        self.last_checkpoint = Some(dir);
-        // Keep the log lines up to the checkpoint's epoch.
-        let log = self.cfg.out.join(LOG_FILE);
-        if log.exists() {
-            let text = std::fs::read_to_string(&log)?;
-            self.log_lines = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
-                        .is_some_and(|e| e as usize <= self.epoch)
-                })
-                .map(str::to_string)
-                .collect();
-        }
         Ok(true)
-    }
-
-    fn append_log<T: Serialize>(&mut self, record: &T) -> Result<()> {
-        self.log_lines.push(serde_json::to_string(record)?);
-        let mut text = self.log_lines.join("\n");
-        text.push('\n');
-        write_atomic(&self.cfg.out.join(LOG_FILE), text.as_bytes())
     }
 
     fn eval_and_log(&mut self) -> Result<(EvalReport, Tensor)> {
@@ -811,14 +671,14 @@ impl Finetuner {
             report: report.clone(),
             seconds: t0.elapsed().as_secs_f64(),
         };
-        self.append_log(&rec)?;
+        self.run_dir.append_log(&rec)?;
         Ok((report, images))
     }
 
     /// Runs epochs until `cfg.epochs`, logging, writing grids, evaluating and checkpointing, then
     /// exports the result. Returns the evaluation reports (before, ..., after).
     pub fn run(&mut self, progress: bool) -> Result<Vec<(usize, EvalReport)>> {
-        let len = self.cfg.epochs + crate::demo::planned_evals(&self.cfg);
+        let len = self.cfg.epochs + planned_evals(&self.cfg);
         let pb = if progress {
             indicatif::ProgressBar::new(len as u64)
         } else {
@@ -836,7 +696,7 @@ impl Finetuner {
         Ok(evals)
     }
 
-    /// [`Finetuner::run`] with the caller's progress bar (advanced by one per epoch and one per
+    /// [`Trainer::run`] with the caller's progress bar (advanced by one per epoch and one per
     /// evaluation) and a hook that sees every evaluation's epoch, report and images.
     /// `log_lines` logs one line per epoch through `tracing` (for runs without a bar).
     pub fn run_with(
@@ -864,7 +724,7 @@ impl Finetuner {
         let total = self.cfg.epochs;
         while self.epoch < total {
             let (log, images) = self.step_epoch().map_err(|e| {
-                let keep = match &self.last_checkpoint {
+                let keep = match self.run_dir.last_checkpoint() {
                     Some(p) => format!("the last good checkpoint is {}", p.display()),
                     None => "no checkpoint was written yet".to_string(),
                 };
@@ -873,7 +733,7 @@ impl Finetuner {
                     self.epoch + 1
                 ))
             })?;
-            self.append_log(&log)?;
+            self.run_dir.append_log(&log)?;
             let e = self.epoch;
             if self.cfg.sample_every > 0 && e % self.cfg.sample_every == 0 {
                 save_grid(
@@ -911,48 +771,10 @@ impl Finetuner {
         Ok(evals)
     }
 
-    /// Writes `out/lora.safetensors` + `out/lora.toml` (LoRA runs) and `out/merged/`, a base
-    /// checkpoint folder with the adapters folded in (loadable by `divrl sample`).
-    pub fn export(&self) -> Result<()> {
-        let out = &self.cfg.out;
-        let mut merged: BTreeMap<String, Tensor> = self
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.detach().copy()))
-            .collect();
-        if let Some(lvs) = &self.lora_vs {
-            let lora: BTreeMap<String, Tensor> = lvs.variables().into_iter().collect();
-            write_safetensors_atomic(
-                &out.join(LORA_FILE),
-                &lora
-                    .iter()
-                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
-                    .collect::<Vec<_>>(),
-            )?;
-            write_toml(&out.join(LORA_CONFIG_FILE), &self.cfg.lora_config())?;
-            let scale = self.cfg.lora_config().scale();
-            tch::no_grad(|| -> Result<()> {
-                for (name, a) in &lora {
-                    let Some(prefix) = name.strip_suffix(".lora_a") else {
-                        continue;
-                    };
-                    let b = lora
-                        .get(&format!("{prefix}.lora_b"))
-                        .with_context(|| format!("LoRA {prefix} has no lora_b"))?;
-                    let w = merged
-                        .get_mut(&format!("{prefix}.weight"))
-                        .with_context(|| format!("LoRA {prefix} has no base weight"))?;
-                    *w = &*w + b.matmul(a) * scale;
-                }
-                Ok(())
-            })?;
-        }
-        let dir = out.join(MERGED_DIR);
-        std::fs::create_dir_all(&dir)?;
-        write_safetensors_atomic(&dir.join(EMA_FILE), &merged.into_iter().collect::<Vec<_>>())?;
-        write_toml(&dir.join(CONFIG_FILE), &self.base_config)?;
-        Ok(())
+    /// Writes the trained result into the run folder ([`PolicyModel::export`]); returns what a
+    /// user loads next (`out/merged` for the UNet, `out/lora` for Stable Diffusion).
+    pub fn export(&self) -> Result<PathBuf> {
+        self.model.export(&self.cfg)
     }
 }
 
@@ -975,4 +797,23 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
 /// Reads a run's `config.toml` back.
 pub fn read_run_config(dir: &Path) -> Result<FinetuneConfig> {
     read_toml(&dir.join("config.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_evals_counts_before_and_after() {
+        let mut c = FinetuneConfig {
+            epochs: 12,
+            eval_every: 6,
+            ..FinetuneConfig::default()
+        };
+        assert_eq!(planned_evals(&c), 3);
+        c.epochs = 13;
+        assert_eq!(planned_evals(&c), 4);
+        c.eval_every = 0;
+        assert_eq!(planned_evals(&c), 0);
+    }
 }

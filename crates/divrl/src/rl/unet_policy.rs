@@ -1,0 +1,213 @@
+//! The class-conditional UNet as a policy: pixel-space sampling with classifier-free guidance
+//! (and the sampler's training-free options, guidance interval and CADS), LoRA adapters on its
+//! attention projections (or all weights with `full_finetune`), a frozen copy of the base for
+//! the KL penalty, and an export as adapters plus a merged checkpoint `divrl sample` loads.
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{nn::VarStore, Device, Tensor};
+
+use crate::checkpoint::{BaseConfig, LoadedModel, CONFIG_FILE, EMA_FILE};
+use crate::config::{write_safetensors_atomic, write_toml};
+use crate::models::unet::UNet;
+use crate::optim::copy_vars;
+use crate::sample::{sample_trajectory, Trajectory};
+use crate::schedule::{NoiseSchedule, SamplerConfig};
+
+use super::config::FinetuneConfig;
+use super::model::PolicyModel;
+use super::policy::StepBatch;
+use super::ppo::{Replay, StepPolicy};
+
+pub const LORA_FILE: &str = "lora.safetensors";
+pub const LORA_CONFIG_FILE: &str = "lora.toml";
+pub const MERGED_DIR: &str = "merged";
+
+/// The UNet with its adapters and the frozen base of the KL penalty.
+pub struct UnetPolicy {
+    pub base_config: BaseConfig,
+    /// The base weights (frozen unless `full_finetune`).
+    pub vs: VarStore,
+    pub unet: UNet,
+    pub sched: NoiseSchedule,
+    /// The adapters (LoRA runs).
+    pub lora_vs: Option<VarStore>,
+    /// A frozen copy of the base policy, for the KL penalty (`kl_coef > 0`).
+    ref_model: Option<(VarStore, UNet)>,
+}
+
+/// The class-conditional UNet replays a transition with the batched guided ε of
+/// [`StepBatch::gaussian`].
+impl StepPolicy for UNet {
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
+        sb.gaussian(self, sampler)
+    }
+}
+
+impl UnetPolicy {
+    /// Adds LoRA adapters (initialised from `cfg.seed`) to a loaded base, or unfreezes it for
+    /// `full_finetune`, and keeps a frozen copy of the base when `kl_coef > 0`.
+    pub fn new(cfg: &FinetuneConfig, model: LoadedModel) -> Result<Self> {
+        let LoadedModel {
+            mut vs,
+            mut unet,
+            sched,
+            config: base_config,
+        } = model;
+        let device = vs.device();
+        let ref_model = if cfg.kl_coef > 0.0 {
+            let mut rvs = VarStore::new(device);
+            let runet = UNet::new(&rvs.root(), &base_config.model)?;
+            copy_vars(&rvs, &vs)?;
+            rvs.freeze();
+            Some((rvs, runet))
+        } else {
+            None
+        };
+        let lora_vs = if cfg.full_finetune {
+            vs.unfreeze();
+            None
+        } else {
+            vs.freeze();
+            let lvs = VarStore::new(device);
+            let n = crate::rng::with_torch_seed(cfg.seed as i64, || {
+                unet.add_lora(&lvs.root(), &cfg.lora_config())
+            })?;
+            if n == 0 {
+                bail!("no layer matched the LoRA targets {:?}", cfg.lora_targets);
+            }
+            Some(lvs)
+        };
+        Ok(Self {
+            base_config,
+            vs,
+            unet,
+            sched,
+            lora_vs,
+            ref_model,
+        })
+    }
+
+    fn image_shape(&self) -> [i64; 3] {
+        let m = &self.base_config.model;
+        [m.in_channels, m.image_size, m.image_size]
+    }
+}
+
+impl PolicyModel for UnetPolicy {
+    fn condition_noun(&self) -> &'static str {
+        "class"
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// `cfg.classes` (sorted, without repeats), or every class of the base model.
+    fn conditions(&self, cfg: &FinetuneConfig) -> Result<Vec<i64>> {
+        let k = self.base_config.model.num_classes;
+        let classes: Vec<i64> = if cfg.classes.is_empty() {
+            (0..k).collect()
+        } else {
+            let mut c = cfg.classes.clone();
+            c.sort_unstable();
+            c.dedup();
+            c
+        };
+        if let Some(c) = classes.iter().find(|&&c| c >= k) {
+            bail!(
+                "class {c} out of range: the base model has classes 0..={}",
+                k - 1
+            );
+        }
+        Ok(classes)
+    }
+
+    fn sampler(&self, cfg: &FinetuneConfig) -> SamplerConfig {
+        cfg.sampler_config()
+    }
+
+    fn sample(&self, sampler: &SamplerConfig, y: &Tensor, seed: u64) -> Result<Trajectory> {
+        sample_trajectory(
+            &self.unet,
+            &self.sched,
+            sampler,
+            y,
+            self.image_shape(),
+            seed,
+        )
+    }
+
+    fn images(&self, traj: &Trajectory, _chunk: usize) -> Tensor {
+        traj.images()
+    }
+
+    fn with_replay<R>(
+        &self,
+        _cfg: &FinetuneConfig,
+        _training: bool,
+        f: impl FnOnce(&Replay<'_>) -> R,
+    ) -> R {
+        f(&Replay {
+            policy: &self.unet,
+            base: self
+                .ref_model
+                .as_ref()
+                .map(|(_, base)| base as &dyn StepPolicy),
+            sched: &self.sched,
+        })
+    }
+
+    fn trainable(&self) -> &VarStore {
+        self.lora_vs.as_ref().unwrap_or(&self.vs)
+    }
+
+    fn trainable_mut(&mut self) -> &mut VarStore {
+        self.lora_vs.as_mut().unwrap_or(&mut self.vs)
+    }
+
+    /// Writes `out/lora.safetensors` + `out/lora.toml` (LoRA runs) and `out/merged/`, a base
+    /// checkpoint folder with the adapters folded in (loadable by `divrl sample`); returns
+    /// `out/merged`.
+    fn export(&self, cfg: &FinetuneConfig) -> Result<PathBuf> {
+        let out = &cfg.out;
+        let mut merged: BTreeMap<String, Tensor> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect();
+        if let Some(lvs) = &self.lora_vs {
+            let lora: BTreeMap<String, Tensor> = lvs.variables().into_iter().collect();
+            write_safetensors_atomic(
+                &out.join(LORA_FILE),
+                &lora
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect::<Vec<_>>(),
+            )?;
+            write_toml(&out.join(LORA_CONFIG_FILE), &cfg.lora_config())?;
+            let scale = cfg.lora_config().scale();
+            tch::no_grad(|| -> Result<()> {
+                for (name, a) in &lora {
+                    let Some(prefix) = name.strip_suffix(".lora_a") else {
+                        continue;
+                    };
+                    let b = lora
+                        .get(&format!("{prefix}.lora_b"))
+                        .with_context(|| format!("LoRA {prefix} has no lora_b"))?;
+                    let w = merged
+                        .get_mut(&format!("{prefix}.weight"))
+                        .with_context(|| format!("LoRA {prefix} has no base weight"))?;
+                    *w = &*w + b.matmul(a) * scale;
+                }
+                Ok(())
+            })?;
+        }
+        let dir = out.join(MERGED_DIR);
+        std::fs::create_dir_all(&dir)?;
+        write_safetensors_atomic(&dir.join(EMA_FILE), &merged.into_iter().collect::<Vec<_>>())?;
+        write_toml(&dir.join(CONFIG_FILE), &self.base_config)?;
+        Ok(dir)
+    }
+}
