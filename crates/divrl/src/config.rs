@@ -1,7 +1,9 @@
-//! Small helpers for TOML/JSON configs and atomic file writes.
-use anyhow::{Context, Result};
+//! Small helpers for TOML/JSON configs, atomic file writes and safetensors weights.
+use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
+use tch::nn::VarStore;
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a reader
 /// never sees a half-written file.
@@ -66,4 +68,40 @@ pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
 pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = toml::to_string_pretty(value).context("serialising TOML")?;
     write_atomic(path, text.as_bytes())
+}
+
+/// Copies a safetensors file into a VarStore, checking names and shapes (no panics on a
+/// mismatched or corrupt file).
+pub fn load_vars(vs: &mut VarStore, path: &Path) -> Result<()> {
+    let tensors: HashMap<String, tch::Tensor> = read_safetensors(path)?.into_iter().collect();
+    let vars = vs.variables();
+    let mut missing = Vec::new();
+    for (name, var) in &vars {
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(t) if t.size() != var.size() => bail!(
+                "{}: tensor {name} has shape {:?}, the model expects {:?} (checkpoint made for another config?)",
+                path.display(),
+                t.size(),
+                var.size()
+            ),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        bail!(
+            "{}: {} model tensors missing (first: {})",
+            path.display(),
+            missing.len(),
+            missing[0]
+        );
+    }
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            let t = &tensors[&name];
+            var.copy_(&t.to_device(var.device()).to_kind(var.kind()));
+        }
+    });
+    Ok(())
 }

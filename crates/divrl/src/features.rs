@@ -10,37 +10,10 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+pub use crate::imageops::{resize_bilinear, to_channels};
 use crate::models::classifier::{load_classifier, LoadedClassifier};
 use crate::models::inception::TorchScriptInception;
-
-/// The folder holding shipped and installed weights: `$DIVRL_MODELS_DIR`, else the repository's
-/// `models/` folder (resolved at build time).
-pub fn models_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("DIVRL_MODELS_DIR") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
-}
-
-/// Where a model path of a config is found: as given when it exists (or is absolute or does not
-/// start with `models/`), else inside [`models_dir`]. Default paths such as
-/// `models/fashion-mnist-base-small` thus work from any working directory, as the classifier's do.
-pub fn resolve_model_path(path: &Path) -> PathBuf {
-    if path.is_absolute() || path.exists() {
-        return path.to_path_buf();
-    }
-    match path.strip_prefix("models") {
-        Ok(rest) if !rest.as_os_str().is_empty() => {
-            let installed = models_dir().join(rest);
-            if installed.exists() {
-                installed
-            } else {
-                path.to_path_buf()
-            }
-        }
-        _ => path.to_path_buf(),
-    }
-}
+pub use crate::paths::{models_dir, resolve_model_path};
 
 /// The shipped Fashion-MNIST classifier checkpoint (the default `small` extractor).
 pub fn default_classifier_dir() -> PathBuf {
@@ -72,39 +45,6 @@ pub trait Extractor {
     /// Class names of the logits, if any.
     fn class_names(&self) -> Option<Vec<String>> {
         None
-    }
-}
-
-/// Converts `[N, C, H, W]` to `c` channels: grey → RGB by replication, RGB → grey with the
-/// Rec. 709 luma weights (as the `image` crate's `to_luma`).
-pub fn to_channels(x: &Tensor, c: i64) -> Result<Tensor> {
-    let s = x.size();
-    if s.len() != 4 {
-        bail!("images must be [N, C, H, W], got shape {s:?}");
-    }
-    match (s[1], c) {
-        (a, b) if a == b => Ok(x.shallow_clone()),
-        (1, 3) => Ok(x.expand([s[0], 3, s[2], s[3]], false)),
-        (3, 1) => {
-            let w = Tensor::from_slice(&[0.2126f32, 0.7152, 0.0722])
-                .to_device(x.device())
-                .to_kind(x.kind())
-                .view([1, 3, 1, 1]);
-            Ok((x * w).sum_dim_intlist(&[1i64][..], true, x.kind()))
-        }
-        (a, b) => bail!("cannot convert {a}-channel images to {b} channels"),
-    }
-}
-
-/// Resizes `[N, C, H, W]` to `h × w`: bilinear, antialiased when shrinking.
-pub fn resize_bilinear(x: &Tensor, h: i64, w: i64) -> Tensor {
-    let s = x.size();
-    if s[2] == h && s[3] == w {
-        x.shallow_clone()
-    } else if s[2] > h || s[3] > w {
-        x.internal_upsample_bilinear2d_aa([h, w], false, None, None)
-    } else {
-        x.upsample_bilinear2d([h, w], false, None, None)
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`sample`]: trajectories (stored, replayed) and PNG grids; [`export`]: images as PNG files
 //!   or one `.npy`.
 //! - [`train`]: DDPM base training; [`checkpoint`]: loading.
+//! - [`features`]: feature extractors ϕ, image sources, the feature cache; [`imageops`] and
+//!   [`paths`]: the image conversions and weight locations the networks share.
 //! - [`run_lock`]: one process per run folder, and removal of what killed runs left behind.
 //! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
 //!   tables on our data (selection, guidance, debias, ablation).
@@ -22,9 +24,11 @@ pub mod eval;
 pub mod experiment;
 pub mod export;
 pub mod features;
+pub mod imageops;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod paths;
 pub mod rl;
 pub mod rng;
 pub mod run_lock;

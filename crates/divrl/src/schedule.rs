@@ -343,27 +343,6 @@ pub trait EpsModel {
     }
 }
 
-impl EpsModel for crate::models::unet::UNet {
-    fn eps(&self, x: &Tensor, t: &Tensor, class: &Tensor) -> Tensor {
-        self.forward(x, t, class)
-    }
-    fn null_class(&self) -> i64 {
-        self.cfg.null_class()
-    }
-    fn has_cond_vector(&self) -> bool {
-        true
-    }
-    fn eps_mapped_cond(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        class: &Tensor,
-        map: &dyn Fn(&Tensor) -> Tensor,
-    ) -> Result<Tensor> {
-        Ok(self.forward_emb(x, t, &map(&self.class_embedding(class))))
-    }
-}
-
 /// What CADS needs per row of a batch: the sample keys ([`crate::cads::sample_keys`]), the
 /// rows' timesteps and their γ.
 pub struct CadsRows<'a> {

@@ -667,3 +667,111 @@ fn evaluation_reports_an_independent_space_and_pixel_spread() {
     assert!((w.real - 4.8).abs() < 1e-5, "{w:?}");
     assert!(w.generated > 0.0 && w.ratio > 0.0 && w.ratio.is_finite());
 }
+
+/// `policy_steps`: the adapters act on the first steps only; the later steps are exactly the
+/// frozen base's; sampling and replay agree (ratio 1 on policy); only the first steps train, and
+/// every adapter weight gets a gradient through them.
+#[test]
+fn policy_steps_gate_the_adapters_to_the_first_steps() {
+    use divrl::rl::step_gate::StepGated;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_run_cfg(dir.path());
+    cfg.policy_steps = 2;
+    cfg.epochs = 1;
+    cfg.weight_decay = 0.0;
+    assert_eq!(cfg.trained_steps(6), 2);
+    assert_eq!(
+        FinetuneConfig {
+            policy_steps: 0,
+            ..cfg.clone()
+        }
+        .trained_steps(6),
+        6
+    );
+    assert_eq!(
+        FinetuneConfig {
+            skip_final_steps: 5,
+            ..cfg.clone()
+        }
+        .trained_steps(6),
+        1
+    );
+    for bad in [
+        FinetuneConfig {
+            policy_steps: 7,
+            ..cfg.clone()
+        },
+        FinetuneConfig {
+            full_finetune: true,
+            ..cfg.clone()
+        },
+    ] {
+        assert!(Finetuner::new(bad, tiny_model(21), pixels(), two_mode_refs(64, 3), None).is_err());
+    }
+
+    let mut ft = Finetuner::new(
+        cfg.clone(),
+        tiny_model(21),
+        pixels(),
+        two_mode_refs(64, 3),
+        None,
+    )
+    .unwrap();
+    let lora = ft.model.lora_vs.as_ref().unwrap();
+    tch::no_grad(|| {
+        for (n, t) in lora.variables() {
+            if n.ends_with("lora_b") {
+                t.shallow_clone().copy_(&(t.randn_like() * 0.3));
+            }
+        }
+    });
+    let base = tiny_model(21); // the same base weights, no adapters
+    let roll = ft.sample_rollout().unwrap();
+    let traj = &roll.traj;
+    let b = roll.conditions.len();
+    let samples: Vec<usize> = (0..b).collect();
+    let replay = |m: &dyn Fn(&StepBatch) -> (Tensor, Tensor), k: usize| {
+        let sb = StepBatch::gather(&ft.model.sched, traj, &samples, &vec![k; b]);
+        let (mean, std) = tch::no_grad(|| m(&sb));
+        let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
+        common::max_abs_diff(&lp, &sb.old_log_probs(traj))
+    };
+    let adapted = |sb: &StepBatch| sb.gaussian(&ft.model.unet, &traj.sampler);
+    let frozen = |sb: &StepBatch| sb.gaussian(&base.unet, &traj.sampler);
+    for k in 0..traj.num_steps() {
+        let (a, f) = (replay(&adapted, k), replay(&frozen, k));
+        if k < 2 {
+            assert!(a < 1e-5 && f > 1e-3, "step {k}: adapted {a}, base {f}");
+        } else {
+            assert!(f < 1e-5 && a > 1e-3, "step {k}: adapted {a}, base {f}");
+        }
+    }
+    // One batch of rows at mixed steps through the gated ε = the stored log-probs.
+    let steps: Vec<usize> = (0..b).map(|i| i % traj.num_steps()).collect();
+    let sb = StepBatch::gather(&ft.model.sched, traj, &samples, &steps);
+    let t_min = ft.model.sched.sampling_timesteps(cfg.steps).unwrap()[1];
+    let gated = StepGated {
+        policy: &ft.model.unet,
+        base: &base.unet,
+        t_min,
+    };
+    let (mean, std) = tch::no_grad(|| sb.gaussian(&gated, &traj.sampler));
+    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
+    assert!(common::max_abs_diff(&lp, &sb.old_log_probs(traj)) < 1e-5);
+
+    let before = snapshot(ft.trainable());
+    let adv: Vec<f64> = (0..b)
+        .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let st = ft.ppo_update(&roll, &adv).unwrap();
+    assert!(st.first_ratio_max_dev < 1e-5, "{}", st.first_ratio_max_dev);
+    for (n, t) in ft.trainable().variables() {
+        let d = (&t - &before[&n]).abs().max().double_value(&[]);
+        assert!(d > 0.0, "adapter {n} got no gradient");
+    }
+    // The adapters cannot be folded into one set of weights: no merged/ checkpoint.
+    let got = ft.export().unwrap();
+    assert_eq!(got, dir.path().join("lora.safetensors"));
+    assert!(got.exists());
+    assert!(!dir.path().join("merged").exists());
+}

@@ -189,7 +189,7 @@ fn fixture_unet() -> (VarStore, UNet2DCondition) {
 /// output are also written there, for `make_lora_fixture.py --check <dir>/lora`.
 #[test]
 fn lora_written_by_diffusers_imports_and_re_exports() {
-    use divrl::nn::lora_diffusers::{
+    use divrl::models::sd::lora_diffusers::{
         apply_lora, export_peft, read_lora, read_safetensors_metadata,
     };
     let (_vs, mut unet) = fixture_unet();

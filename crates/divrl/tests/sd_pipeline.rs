@@ -4,15 +4,15 @@
 //! and two RL epochs of the Stable Diffusion fine-tuner.
 use divrl::features::{ClipExtractor, Extractor};
 use divrl::models::clip::{load_clip, ClipTextConfig, ClipTextModel};
+use divrl::models::sd::lora_diffusers::{
+    apply_lora, export_peft, read_lora, read_safetensors_metadata, unet_lora_layers,
+    ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE,
+};
 use divrl::models::sd::pipeline::SdPolicy;
 use divrl::models::sd::tiny::write_tiny_pipeline;
 use divrl::models::sd::unet2d::{UNet2DCondition, UNet2DConditionConfig};
 use divrl::models::sd::{load_weights, Precision, StableDiffusion};
 use divrl::nn::lora::LoraConfig;
-use divrl::nn::lora_diffusers::{
-    apply_lora, export_peft, read_lora, read_safetensors_metadata, unet_lora_layers,
-    ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE,
-};
 use divrl::rl::sd_model::SD_LORA_DIR;
 use divrl::rl::setup::{file_features, reference_files};
 use divrl::rl::{FinetuneConfig, SdFinetuner};

@@ -161,6 +161,10 @@ pub struct Args {
     /// The last K transitions of each trajectory are not trained (near-deterministic) [default: 0]
     #[arg(long)]
     pub skip_final_steps: Option<usize>,
+    /// The adapters act on the first N sampling steps only (highest noise); later steps run the
+    /// frozen base; only those steps train; 0 = all (unet) [default: 0]
+    #[arg(long)]
+    pub policy_steps: Option<usize>,
     /// PPO clip range [default: 1e-4]
     #[arg(long)]
     pub clip_range: Option<f64>,
@@ -253,7 +257,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<FinetuneConfig> {
             ref_per_class, balanced_reference, classes, classes_per_epoch, images_per_class, sets_per_class,
             extractor, reward, sigma_scale, mmd_kernel, jitter, recall_k, reward_scale, sampler, steps, eta, guidance,
             sample_batch_size, epochs, inner_epochs, train_batch_size, grad_accum,
-            timestep_fraction, skip_final_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
+            timestep_fraction, skip_final_steps, policy_steps, clip_range, adv_clip, tracker_buffer, tracker_min_count, kl_coef,
             lr, weight_decay, adam_beta1, adam_beta2, adam_eps, max_grad_norm, lora_rank,
             lora_alpha, lora_targets, full_finetune, seed, checkpoint_every, keep_checkpoints,
             sample_every, eval_every, eval_per_class, eval_independent, diagnostics, cads_tau1,

@@ -56,8 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("loading Stable Diffusion folder {}", args.base.display()))?;
     let lora_vs = VarStore::new(device);
     if let Some(l) = &args.lora {
-        let layers = divrl::nn::lora_diffusers::read_lora(l)?;
-        let n = divrl::nn::lora_diffusers::apply_lora(&mut sd.unet, &lora_vs.root(), &layers)?;
+        let layers = divrl::models::sd::lora_diffusers::read_lora(l)?;
+        let n =
+            divrl::models::sd::lora_diffusers::apply_lora(&mut sd.unet, &lora_vs.root(), &layers)?;
         eprintln!("applied {n} LoRA layers from {}", l.display());
     }
     let policy = SdPolicy::new(&sd, &args.prompt)?;

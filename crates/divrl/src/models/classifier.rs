@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
-use crate::checkpoint::load_vars;
+use crate::config::load_vars;
 use crate::config::{read_toml, write_atomic, write_safetensors_atomic, write_toml};
 use crate::data::{Dataset, SplitMix64};
 use crate::optim::{AdamW, AdamWConfig};

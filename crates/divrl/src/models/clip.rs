@@ -600,7 +600,7 @@ impl ClipTextModel {
 /// CLIP preprocessing of images in `[0, 1]` (`[N, C, H, W]`, C = 1 or 3, any size) to normalised
 /// `[N, 3, size, size]` pixels.
 pub fn preprocess(images: &Tensor, size: i64) -> Result<Tensor> {
-    let x = crate::features::to_channels(images, 3)?.to_kind(Kind::Float);
+    let x = crate::imageops::to_channels(images, 3)?.to_kind(Kind::Float);
     let s = x.size();
     let (h, w) = (s[2], s[3]);
     let (nh, nw) = if h <= w {
@@ -674,7 +674,7 @@ pub fn load_clip(dir: &Path, arch: Option<&str>, device: Device) -> Result<Loade
     let mut vs = nn::VarStore::new(device);
     let model = Clip::new(&vs.root(), &cfg)?;
     let weights = dir.join(CLIP_WEIGHTS_FILE);
-    crate::checkpoint::load_vars(&mut vs, &weights)?;
+    crate::config::load_vars(&mut vs, &weights)?;
     vs.freeze();
     let tp = dir.join(CLIP_TOKENIZER_FILE);
     let tokenizer = if tp.exists() {

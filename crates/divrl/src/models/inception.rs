@@ -24,18 +24,18 @@ pub const POOL3_DIM: i64 = 2048;
 pub const DEFAULT_ARCHIVE: &str = "inception/default_1.pt";
 
 /// Where the default archive is looked for: `$DIVRL_INCEPTION`, else
-/// `<models dir>/inception/default_1.pt` (see [`crate::features::models_dir`]).
+/// `<models dir>/inception/default_1.pt` (see [`crate::paths::models_dir`]).
 pub fn default_archive_path() -> PathBuf {
     if let Some(p) = std::env::var_os("DIVRL_INCEPTION") {
         return PathBuf::from(p);
     }
-    crate::features::models_dir().join(DEFAULT_ARCHIVE)
+    crate::paths::models_dir().join(DEFAULT_ARCHIVE)
 }
 
 /// Resize + scale as the FID Inception expects: `[N, C, H, W]` in `[0, 1]` (C = 1 or 3) →
 /// `[N, 3, 299, 299]` in `[-1, 1]`.
 pub fn preprocess(images: &Tensor) -> Result<Tensor> {
-    let x = crate::features::to_channels(images, 3)?.to_kind(Kind::Float);
+    let x = crate::imageops::to_channels(images, 3)?.to_kind(Kind::Float);
     let s = x.size();
     let x = if s[2] != INCEPTION_SIZE || s[3] != INCEPTION_SIZE {
         x.upsample_bilinear2d([INCEPTION_SIZE, INCEPTION_SIZE], false, None, None)

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use crate::nn::lora::{LoraConfig, LoraLinear};
+use crate::schedule::EpsModel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -510,5 +511,26 @@ impl UNet {
         self.attn_blocks_mut()
             .iter_mut()
             .any(|(_, _, b)| b.projections_mut().iter().any(|p| p.lora.is_some()))
+    }
+}
+
+impl EpsModel for UNet {
+    fn eps(&self, x: &Tensor, t: &Tensor, class: &Tensor) -> Tensor {
+        self.forward(x, t, class)
+    }
+    fn null_class(&self) -> i64 {
+        self.cfg.null_class()
+    }
+    fn has_cond_vector(&self) -> bool {
+        true
+    }
+    fn eps_mapped_cond(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: &Tensor,
+        map: &dyn Fn(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        Ok(self.forward_emb(x, t, &map(&self.class_embedding(class))))
     }
 }

@@ -1,3 +1,2 @@
 //! Neural-network building blocks shared by the models.
 pub mod lora;
-pub mod lora_diffusers;

@@ -9,6 +9,9 @@ use crate::nn::lora::LoraConfig;
 use crate::schedule::{CadsConfig, GuidanceInterval, LogProbReduction, SamplerConfig, SamplerKind};
 use divrl_reward::{MmdKernel, RewardKind, RewardSpec};
 
+/// The base checkpoint of the RL presets (demo, experiments, `divrl finetune` without `--base`).
+pub const RL_BASE: &str = "models/fashion-mnist-base-small";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FinetuneConfig {
@@ -28,7 +31,7 @@ pub struct FinetuneConfig {
     /// sd: gradient checkpointing of the UNet in the PPO update (recompute each stage in the
     /// backward pass instead of keeping the whole graph).
     pub gradient_checkpointing: bool,
-    /// Base checkpoint folder (`config.toml` + `ema.safetensors`); default [`crate::rl::presets::RL_BASE`].
+    /// Base checkpoint folder (`config.toml` + `ema.safetensors`); default [`RL_BASE`].
     pub base: PathBuf,
     /// Run folder: log, sample grids, checkpoints, exports.
     pub out: PathBuf,
@@ -117,6 +120,10 @@ pub struct FinetuneConfig {
     /// log-probability gradients, ∝ 1/σ, would dominate the clipped gradient norm while only
     /// refining pixel detail; the early steps decide the sample's mode.
     pub skip_final_steps: usize,
+    /// The adapters act on the first this-many sampling steps only (the highest noise levels,
+    /// where a sample's mode is decided); the later steps run the frozen base, which draws the
+    /// details as it always did. Only those steps train. 0 = every step (unet only).
+    pub policy_steps: usize,
     /// PPO clip range of the importance ratio.
     pub clip_range: f64,
     /// Advantages are clipped to ±this.
@@ -178,7 +185,7 @@ impl Default for FinetuneConfig {
             resolution: 0,
             precision: "fp32".into(),
             gradient_checkpointing: false,
-            base: PathBuf::from(crate::rl::presets::RL_BASE),
+            base: PathBuf::from(RL_BASE),
             out: PathBuf::from("runs/finetune"),
             data: "fashion-mnist".into(),
             ref_per_class: 50,
@@ -216,6 +223,7 @@ impl Default for FinetuneConfig {
             grad_accum: 1,
             timestep_fraction: 1.0,
             skip_final_steps: 0,
+            policy_steps: 0,
             clip_range: 1e-4,
             adv_clip: 5.0,
             tracker_buffer: 16,
@@ -355,6 +363,17 @@ impl FinetuneConfig {
 
     /// The config with every field that cannot change the trained weights reset, so a resumed
     /// run can check it continues the same run.
+    /// How many transitions of a `num_steps` trajectory train: all but the final
+    /// `skip_final_steps`, and at most the first `policy_steps` (when set); at least one.
+    pub fn trained_steps(&self, num_steps: usize) -> usize {
+        let k = num_steps.saturating_sub(self.skip_final_steps);
+        let k = match self.policy_steps {
+            0 => k,
+            p => k.min(p),
+        };
+        k.max(1)
+    }
+
     pub fn training_identity(&self) -> Self {
         let d = Self::default();
         Self {
@@ -414,6 +433,16 @@ impl FinetuneConfig {
             bail!(
                 "timestep_fraction must be in (0, 1], got {}",
                 self.timestep_fraction
+            );
+        }
+        if self.policy_steps > 0 && self.full_finetune {
+            bail!("policy_steps needs LoRA adapters (the base must stay as it is for the later steps), not full_finetune");
+        }
+        if self.policy_steps > self.steps {
+            bail!(
+                "policy_steps ({}) must be at most steps ({})",
+                self.policy_steps,
+                self.steps
             );
         }
         if self.skip_final_steps >= self.steps {
@@ -498,6 +527,9 @@ impl FinetuneConfig {
         }
         if self.full_finetune {
             bail!("model sd trains LoRA adapters only (full_finetune is for the unet model)");
+        }
+        if self.policy_steps > 0 {
+            bail!("policy_steps is implemented for model unet only");
         }
         if self.kl_coef > 0.0 {
             bail!("kl_coef is not implemented for model sd");

@@ -27,6 +27,7 @@ pub mod presets;
 pub mod run_dir;
 pub mod sd_model;
 pub mod setup;
+pub mod step_gate;
 pub mod trainer;
 pub mod unet_policy;
 

@@ -101,8 +101,9 @@ pub struct Replay<'a> {
 
 /// Algorithm 1, line 6: `inner_epochs` rounds of clipped importance-sampling updates (eq. 20)
 /// over the trajectories `traj` with one advantage per trajectory. Each round shuffles the
-/// trajectories into minibatches of `train_batch_size` and each trajectory's trainable steps (all
-/// but the final `skip_final_steps`, whose stored log-probabilities are never read) and trains
+/// trajectories into minibatches of `train_batch_size` and each trajectory's trainable steps
+/// ([`FinetuneConfig::trained_steps`]: all but the final `skip_final_steps`, at most the first
+/// `policy_steps`; the others' stored log-probabilities are never read) and trains
 /// on the first `timestep_fraction` of them; `grad_accum` minibatches make one optimizer step,
 /// with the gradient norm clipped to `max_grad_norm`. Every shuffle draws from `rng`. `epoch`
 /// (1-based) only names the epoch in errors.
@@ -120,8 +121,9 @@ pub fn ppo_update(
     if advantages.len() != b {
         bail!("{} advantages for {b} samples", advantages.len());
     }
-    // Trainable transitions: all but the final `skip_final_steps` (see FinetuneConfig).
-    let k = traj.num_steps().saturating_sub(cfg.skip_final_steps).max(1);
+    // Trainable transitions: all but the final `skip_final_steps`, at most the first
+    // `policy_steps` (see FinetuneConfig::trained_steps).
+    let k = cfg.trained_steps(traj.num_steps());
     let n_t = ((cfg.timestep_fraction * k as f64).ceil() as usize).clamp(1, k);
     let device = traj.latents.device();
     let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())

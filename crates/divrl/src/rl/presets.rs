@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use super::config::FinetuneConfig;
 use divrl_reward::{MmdKernel, RewardKind};
 
-/// The base checkpoint of the RL presets (demo, experiments, `divrl finetune` without `--base`).
-pub const RL_BASE: &str = "models/fashion-mnist-base-small";
+pub use super::config::RL_BASE;
 
 /// The policy-optimisation settings every preset shares: the paper's M = 5 and N = 50, DDIM with
 /// 10 steps (eta 1) at guidance 4, LoRA rank 8 on every attention projection (base frozen), PPO

@@ -16,9 +16,9 @@ use tch::{nn::VarStore, Device, Tensor};
 use divrl_reward::Features;
 
 use crate::features::Extractor;
+use crate::models::sd::lora_diffusers::export_peft;
 use crate::models::sd::pipeline::SdPolicy;
 use crate::models::sd::StableDiffusion;
-use crate::nn::lora_diffusers::export_peft;
 use crate::sample::Trajectory;
 use crate::schedule::SamplerConfig;
 
@@ -173,7 +173,7 @@ impl PolicyModel for SdModel {
         &mut self.lora_vs
     }
 
-    /// Writes `out/lora/` (peft/diffusers layout, [`crate::nn::lora_diffusers`]).
+    /// Writes `out/lora/` (peft/diffusers layout, [`crate::models::sd::lora_diffusers`]).
     fn export(&self, cfg: &FinetuneConfig) -> Result<PathBuf> {
         export_peft(&self.sd.unet, &cfg.out.join(SD_LORA_DIR))
     }

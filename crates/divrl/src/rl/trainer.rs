@@ -412,10 +412,7 @@ impl<P: PolicyModel> Trainer<P> {
     pub fn log_prob_change(&self, roll: &Rollout, advantages: &[f64]) -> Result<(f64, f64)> {
         let traj = &roll.traj;
         let n = roll.conditions.len();
-        let k = traj
-            .num_steps()
-            .saturating_sub(self.cfg.skip_final_steps)
-            .max(1);
+        let k = self.cfg.trained_steps(traj.num_steps());
         let sampler = &traj.sampler;
         let mut delta = vec![0.0f64; n];
         let mut abs_sum = 0.0;

@@ -1,7 +1,8 @@
 //! The class-conditional UNet as a policy: pixel-space sampling with classifier-free guidance
 //! (and the sampler's training-free options, guidance interval and CADS), LoRA adapters on its
 //! attention projections (or all weights with `full_finetune`), a frozen copy of the base for
-//! the KL penalty, and an export as adapters plus a merged checkpoint `divrl sample` loads.
+//! the KL penalty and for the steps after `policy_steps` ([`super::step_gate`]), and an export
+//! as adapters plus a merged checkpoint `divrl sample` loads.
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,12 +13,24 @@ use crate::config::{write_safetensors_atomic, write_toml};
 use crate::models::unet::UNet;
 use crate::optim::copy_vars;
 use crate::sample::{sample_trajectory, Trajectory};
-use crate::schedule::{NoiseSchedule, SamplerConfig};
+use crate::schedule::{EpsModel, NoiseSchedule, SamplerConfig};
 
 use super::config::FinetuneConfig;
 use super::model::PolicyModel;
 use super::policy::StepBatch;
 use super::ppo::{Replay, StepPolicy};
+use super::step_gate::StepGated;
+
+/// A policy's ε for the sampler ([`EpsModel`]) and for the PPO replay ([`StepPolicy`]).
+trait StepPolicyEps: EpsModel + StepPolicy {
+    fn as_step_policy(&self) -> &dyn StepPolicy;
+}
+
+impl<T: EpsModel + StepPolicy> StepPolicyEps for T {
+    fn as_step_policy(&self) -> &dyn StepPolicy {
+        self
+    }
+}
 
 pub const LORA_FILE: &str = "lora.safetensors";
 pub const LORA_CONFIG_FILE: &str = "lora.toml";
@@ -32,8 +45,13 @@ pub struct UnetPolicy {
     pub sched: NoiseSchedule,
     /// The adapters (LoRA runs).
     pub lora_vs: Option<VarStore>,
-    /// A frozen copy of the base policy, for the KL penalty (`kl_coef > 0`).
+    /// A frozen copy of the base policy, for the KL penalty (`kl_coef > 0`) and the steps the
+    /// adapters skip (`policy_steps > 0`).
     ref_model: Option<(VarStore, UNet)>,
+    /// `policy_steps > 0`: the lowest timestep at which the adapters act.
+    gate_t_min: Option<i64>,
+    /// Whether the replay carries the KL penalty's base.
+    kl: bool,
 }
 
 /// The class-conditional UNet replays a transition with the batched guided ε of
@@ -55,7 +73,11 @@ impl UnetPolicy {
             config: base_config,
         } = model;
         let device = vs.device();
-        let ref_model = if cfg.kl_coef > 0.0 {
+        let gate_t_min = match cfg.policy_steps {
+            0 => None,
+            p => Some(sched.sampling_timesteps(cfg.steps)?[p - 1]),
+        };
+        let ref_model = if cfg.kl_coef > 0.0 || gate_t_min.is_some() {
             let mut rvs = VarStore::new(device);
             let runet = UNet::new(&rvs.root(), &base_config.model)?;
             copy_vars(&rvs, &vs)?;
@@ -85,7 +107,22 @@ impl UnetPolicy {
             sched,
             lora_vs,
             ref_model,
+            gate_t_min,
+            kl: cfg.kl_coef > 0.0,
         })
+    }
+
+    /// The ε of the run's policy: the adapted UNet, or with `policy_steps` the adapted UNet on
+    /// the first steps and the frozen base after them.
+    fn with_eps<R>(&self, f: impl FnOnce(&dyn StepPolicyEps) -> R) -> R {
+        match (self.gate_t_min, &self.ref_model) {
+            (Some(t_min), Some((_, base))) => f(&StepGated {
+                policy: &self.unet,
+                base,
+                t_min,
+            }),
+            _ => f(&self.unet),
+        }
     }
 
     fn image_shape(&self) -> [i64; 3] {
@@ -128,14 +165,7 @@ impl PolicyModel for UnetPolicy {
     }
 
     fn sample(&self, sampler: &SamplerConfig, y: &Tensor, seed: u64) -> Result<Trajectory> {
-        sample_trajectory(
-            &self.unet,
-            &self.sched,
-            sampler,
-            y,
-            self.image_shape(),
-            seed,
-        )
+        self.with_eps(|m| sample_trajectory(m, &self.sched, sampler, y, self.image_shape(), seed))
     }
 
     fn images(&self, traj: &Trajectory, _chunk: usize) -> Tensor {
@@ -148,13 +178,16 @@ impl PolicyModel for UnetPolicy {
         _training: bool,
         f: impl FnOnce(&Replay<'_>) -> R,
     ) -> R {
-        f(&Replay {
-            policy: &self.unet,
-            base: self
-                .ref_model
-                .as_ref()
-                .map(|(_, base)| base as &dyn StepPolicy),
-            sched: &self.sched,
+        let base = match (&self.ref_model, self.kl) {
+            (Some((_, base)), true) => Some(base as &dyn StepPolicy),
+            _ => None,
+        };
+        self.with_eps(|m| {
+            f(&Replay {
+                policy: m.as_step_policy(),
+                base,
+                sched: &self.sched,
+            })
         })
     }
 
@@ -168,7 +201,8 @@ impl PolicyModel for UnetPolicy {
 
     /// Writes `out/lora.safetensors` + `out/lora.toml` (LoRA runs) and `out/merged/`, a base
     /// checkpoint folder with the adapters folded in (loadable by `divrl sample`); returns
-    /// `out/merged`.
+    /// `out/merged`. With `policy_steps` the adapters act on some steps only, which one set of
+    /// weights cannot express: no `merged/` is written and the adapters' file is returned.
     fn export(&self, cfg: &FinetuneConfig) -> Result<PathBuf> {
         let out = &cfg.out;
         let mut merged: BTreeMap<String, Tensor> = self
@@ -203,6 +237,9 @@ impl PolicyModel for UnetPolicy {
                 }
                 Ok(())
             })?;
+        }
+        if self.gate_t_min.is_some() {
+            return Ok(out.join(LORA_FILE));
         }
         let dir = out.join(MERGED_DIR);
         std::fs::create_dir_all(&dir)?;

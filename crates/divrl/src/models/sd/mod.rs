@@ -9,7 +9,8 @@
 //! ```
 //! (`*.fp16.safetensors` variants are read when the plain file is absent; tensors are converted
 //! to the model's dtype.) Module files: [`unet2d`], [`vae`], [`scheduler`], [`pipeline`] (the DDIM
-//! policy with classifier-free guidance in latent space); the text encoder is
+//! policy with classifier-free guidance in latent space), [`lora_diffusers`] (adapters in the
+//! peft/diffusers files); the text encoder is
 //! [`crate::models::clip::ClipTextModel`].
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::clip_tokenizer::ClipTokenizer;
 use crate::nn::lora::LoraLinear;
 
+pub mod lora_diffusers;
 pub mod pipeline;
 pub mod scheduler;
 pub mod tiny;

@@ -12,7 +12,7 @@
 //! LoRA: [`UNet2DCondition::add_lora`] puts an adapter on `to_q`, `to_k`, `to_v` and `to_out.0` of
 //! every attention (self and cross). Adapter variables are named after the adapted layer
 //! (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_a`), which is what
-//! [`crate::nn::lora_diffusers`] maps to the peft/diffusers layout.
+//! [`crate::models::sd::lora_diffusers`] maps to the peft/diffusers layout.
 //!
 //! Gradient checkpointing ([`UNet2DCondition::forward_checkpointed`] /
 //! [`UNet2DCondition::backward_checkpointed`]): tch has no `torch.utils.checkpoint`, so it is done
