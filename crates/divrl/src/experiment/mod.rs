@@ -29,6 +29,7 @@ use crate::demo::{
 };
 use crate::eval::{EvalOptions, EvalReport};
 use crate::features::to_features;
+use crate::rl::setup::BaseEvaluation;
 use crate::rl::{build_finetuner, presets, FinetuneConfig};
 use crate::rng::SplitMix64;
 
@@ -249,8 +250,7 @@ impl Ctx<'_> {
         self.pb
             .set_message(format!("{name}: evaluating the base model"));
         let t0 = Instant::now();
-        let t = build_finetuner(cfg, true, false)?;
-        let report = t.evaluate()?;
+        let report = BaseEvaluation::new(cfg, false)?.evaluate()?;
         let r = CellResult {
             name: name.into(),
             params: params

@@ -12,6 +12,8 @@
 //!   [`unet_policy`] (the class-conditional UNet) and [`sd_model`] (Stable Diffusion) implement it.
 //! - [`trainer`]: [`Trainer`], the one loop over any [`PolicyModel`] ([`Finetuner`] and
 //!   [`SdFinetuner`] name its two instances), evaluation and exports.
+//! - [`evaluator`]: held-out evaluation of any policy (fixed noise, ϕ, an independent space,
+//!   pixels, the attribute oracle).
 //! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning.
 //! - [`phi`]: ϕ by name (adds the parameter-free `pixels`).
 //! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
@@ -19,6 +21,7 @@
 //! - [`presets`]: the demo's and the experiments' fine-tuning settings.
 pub mod advantage;
 pub mod config;
+pub mod evaluator;
 pub mod model;
 pub mod phi;
 pub mod policy;
@@ -32,9 +35,10 @@ pub mod trainer;
 pub mod unet_policy;
 
 pub use config::FinetuneConfig;
+pub use evaluator::{EvalSet, Evaluator};
 pub use model::PolicyModel;
 pub use run_dir::RunDir;
 pub use sd_model::{SdFinetuner, SdModel};
 pub use setup::{build_finetuner, build_sd_finetuner};
-pub use trainer::{EvalSet, Finetuner, Trainer};
+pub use trainer::{Finetuner, Trainer};
 pub use unet_policy::UnetPolicy;

@@ -12,9 +12,13 @@ use tch::{Kind, Tensor};
 use divrl_reward::Features;
 
 use super::config::FinetuneConfig;
+use super::evaluator::{eval_images, pixel_rows, EvalSet, Evaluator};
+use super::model::PolicyModel;
 use super::sd_model::SdFinetuner;
-use super::trainer::{EvalSet, Finetuner};
+use super::trainer::Finetuner;
+use super::unet_policy::UnetPolicy;
 use crate::data::Dataset;
+use crate::eval::EvalReport;
 use crate::features::{extract, to_features, Extractor};
 
 /// How many of `n` balanced reference images take each of `arity` attribute values: `n / arity`
@@ -132,6 +136,45 @@ fn cached_features(
     Ok(out.features.to_kind(Kind::Float))
 }
 
+/// The classes a config trains on: `cfg.classes`, or all `k` of the base model.
+fn run_classes(cfg: &FinetuneConfig, k: i64) -> Vec<i64> {
+    if cfg.classes.is_empty() {
+        (0..k).collect()
+    } else {
+        cfg.classes.clone()
+    }
+}
+
+/// The held-out evaluation set of `classes`: the evaluation pool's images in ϕ's space, in the
+/// independent space `cfg.eval_independent` (cached), as pixels, and its attribute.
+fn eval_set(
+    cfg: &FinetuneConfig,
+    eval_pool: &Dataset,
+    phi: &dyn Extractor,
+    classes: &[i64],
+    device: tch::Device,
+    progress: bool,
+) -> Result<EvalSet> {
+    let idx: Vec<usize> = (0..eval_pool.len())
+        .filter(|&i| classes.contains(&eval_pool.labels[i]))
+        .collect();
+    let subset = eval_pool.subset(&idx);
+    let f = crate::features::extract(phi, &subset.images, 0, progress)?;
+    let independent = if cfg.eval_independent.is_empty() {
+        None
+    } else {
+        let ext = super::phi::load_phi(&cfg.eval_independent, None, device)?;
+        let real = cached_features(ext.as_ref(), &subset.images, progress)?;
+        Some((ext, real))
+    };
+    Ok(EvalSet {
+        features: f.features.to_kind(Kind::Float),
+        attribute: eval_pool.attribute.as_ref().map(|a| a.kind),
+        independent,
+        pixels: Some((pixel_rows(&subset.images, false)?, subset.labels.clone())),
+    })
+}
+
 /// Loads everything `cfg` names and binds it into a [`Finetuner`] (not resumed). The
 /// evaluation set is loaded when `with_eval` or `cfg.eval_every > 0`. Sets the libtorch thread
 /// count from `cfg.threads`.
@@ -140,13 +183,8 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
     crate::device::set_threads(cfg.threads);
     let device = crate::device::parse_device(&cfg.device)?;
     let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
-    let k = model.config.model.num_classes;
     let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
-    let classes: Vec<i64> = if cfg.classes.is_empty() {
-        (0..k).collect()
-    } else {
-        cfg.classes.clone()
-    };
+    let classes = run_classes(cfg, model.config.model.num_classes);
     // Reference sets come from the reference pool, disjoint from the evaluation pool.
     let references = reference_features(
         phi.as_ref(),
@@ -156,32 +194,65 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
         cfg.balanced_reference,
     )?;
     let eval = if with_eval || cfg.eval_every > 0 {
-        let idx: Vec<usize> = (0..splits.eval.len())
-            .filter(|&i| classes.contains(&splits.eval.labels[i]))
-            .collect();
-        let subset = splits.eval.subset(&idx);
-        let f = crate::features::extract(phi.as_ref(), &subset.images, 0, progress)?;
-        let independent = if cfg.eval_independent.is_empty() {
-            None
-        } else {
-            let ext = super::phi::load_phi(&cfg.eval_independent, None, device)?;
-            let real = cached_features(ext.as_ref(), &subset.images, progress)?;
-            Some((ext, real))
-        };
-        Some(EvalSet {
-            features: f.features.to_kind(Kind::Float),
-            attribute: splits.eval.attribute.as_ref().map(|a| a.kind),
-            independent,
-            pixels: Some((
-                super::trainer::pixel_rows(&subset.images, false)?,
-                subset.labels.clone(),
-            )),
-        })
+        Some(eval_set(
+            cfg,
+            &splits.eval,
+            phi.as_ref(),
+            &classes,
+            device,
+            progress,
+        )?)
     } else {
         None
     };
     drop(splits);
     Finetuner::new(cfg.clone(), model, phi, references, eval)
+}
+
+/// A base model as `cfg` would fine-tune it (adapters at their zero start, so it samples exactly
+/// as the base), with its evaluation: what an experiment's baseline cell needs, without the
+/// references, the optimizer or a run folder.
+pub struct BaseEvaluation {
+    pub cfg: FinetuneConfig,
+    pub model: UnetPolicy,
+    pub classes: Vec<i64>,
+    pub evaluator: Evaluator,
+}
+
+impl BaseEvaluation {
+    /// Loads the base, ϕ and the held-out evaluation set `cfg` names.
+    pub fn new(cfg: &FinetuneConfig, progress: bool) -> Result<Self> {
+        cfg.validate()?;
+        crate::device::set_threads(cfg.threads);
+        let device = crate::device::parse_device(&cfg.device)?;
+        let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
+        let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+        let model = UnetPolicy::new(cfg, model)?;
+        let classes = model.conditions(cfg)?;
+        let set = eval_set(cfg, &splits.eval, phi.as_ref(), &classes, device, progress)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            model,
+            classes,
+            evaluator: Evaluator {
+                phi,
+                set: Some(set),
+            },
+        })
+    }
+
+    /// `eval_per_class` images per class at the config's guidance, scored
+    /// ([`Evaluator::evaluate_images`]); the same numbers as a trainer's epoch-0 evaluation.
+    pub fn evaluate(&self) -> Result<EvalReport> {
+        let images = eval_images(
+            &self.model,
+            &self.cfg,
+            &self.classes,
+            self.cfg.eval_per_class,
+            self.cfg.guidance,
+        )?;
+        self.evaluator.evaluate_images(&images, &self.classes)
+    }
 }
 
 /// Loads the Stable Diffusion folder `cfg.base`, ϕ and each prompt's reference images

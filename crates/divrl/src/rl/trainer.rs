@@ -24,41 +24,21 @@ use divrl_reward::{DiversityReward, Features};
 
 use crate::checkpoint::LoadedModel;
 use crate::config::{read_toml, write_toml};
-use crate::eval::{AttributeReport, EvalOptions, EvalReport};
-use crate::features::{extract, to_features, Extractor};
+use crate::eval::EvalReport;
+use crate::features::{to_features, Extractor};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
 use crate::sample::{save_grid, Trajectory};
 
 use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
 use super::config::FinetuneConfig;
+pub use super::evaluator::{eval_images, pixel_rows, EvalSet, Evaluator};
 use super::model::PolicyModel;
 use super::policy::StepBatch;
 pub use super::ppo::PpoStats;
 use super::ppo::{self, StepPolicy};
 pub use super::run_dir::{RlState, RunDir};
 use super::unet_policy::UnetPolicy;
-
-/// Held-out real images for the evaluation pass, already in ϕ's feature space.
-pub struct EvalSet {
-    /// `[N, D]` features of the held-out real images (the conditions' classes only).
-    pub features: Tensor,
-    /// Report this attribute's histogram and KL to uniform (skewed variants).
-    pub attribute: Option<crate::data::AttributeKind>,
-    /// A second feature network the reward never uses, with the held-out images' features in
-    /// its space (`eval_independent`).
-    pub independent: Option<(Box<dyn Extractor>, Tensor)>,
-    /// The held-out images as flattened pixels in `[0, 1]` with their classes, for the
-    /// within-class pixel distance.
-    pub pixels: Option<(Features, Vec<i64>)>,
-}
-
-/// Images flattened to rows of pixels in `[0, 1]` (`[-1, 1]` input when `signed`).
-pub fn pixel_rows(images: &Tensor, signed: bool) -> Result<Features> {
-    let x = images.to_device(Device::Cpu).to_kind(Kind::Float);
-    let x = if signed { (x + 1.0) / 2.0 } else { x };
-    to_features("pixels", &x.clamp(0.0, 1.0).flatten(1, -1))
-}
 
 /// One epoch's samples: a single trajectory batch, `sets_per_class` sets of `images_per_class`
 /// per condition.
@@ -151,9 +131,8 @@ pub struct Trainer<P: PolicyModel> {
     pub train_seconds: f64,
     /// The conditions the run trains on (class or prompt indices).
     pub classes: Vec<i64>,
-    phi: Box<dyn Extractor>,
     rewards: BTreeMap<i64, DiversityReward>,
-    eval: Option<EvalSet>,
+    evaluator: Evaluator,
     run_dir: RunDir,
     /// Fixed-noise set reward of the current weights (diagnostics), if known.
     fixed_set_reward: Option<f64>,
@@ -238,9 +217,8 @@ impl<P: PolicyModel> Trainer<P> {
             images_seen: 0,
             train_seconds: 0.0,
             classes,
-            phi,
             rewards,
-            eval,
+            evaluator: Evaluator { phi, set: eval },
             fixed_set_reward: None,
         })
     }
@@ -309,9 +287,7 @@ impl<P: PolicyModel> Trainer<P> {
 
     /// ϕ-features (and logits) of `[-1, 1]` images, batched, on the CPU.
     pub fn features(&self, images: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
-        let e = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false))?;
-        Ok((e.features, e.logits))
+        self.evaluator.features(images)
     }
 
     /// Algorithm 1, lines 4–5: set rewards per condition on ϕ of the rollout's `images`, and
@@ -521,81 +497,18 @@ impl<P: PolicyModel> Trainer<P> {
     /// interleaved: image `i` has condition `classes[i % classes.len()]`, so every
     /// Inception-Score split holds every condition. `[-1, 1]`, on the CPU.
     pub fn eval_images(&self, per_class: usize, guidance: f64) -> Result<Tensor> {
-        let labels: Vec<i64> = (0..per_class)
-            .flat_map(|_| self.classes.iter().copied())
-            .collect();
-        if labels.is_empty() {
-            bail!("no images to generate");
-        }
-        let chunk = match self.cfg.sample_batch_size {
-            0 => 100,
-            n => n,
-        };
-        let mut sampler = self.model.sampler(&self.cfg);
-        sampler.guidance = guidance;
-        let device = self.model.device();
-        let mut imgs = Vec::new();
-        for (i, ls) in labels.chunks(chunk).enumerate() {
-            let y = Tensor::from_slice(ls).to_device(device);
-            let seed = (self.cfg.seed ^ 0xE7A1_0000_0000_0000).wrapping_add(i as u64);
-            let t = self.model.sample(&sampler, &y, seed)?;
-            imgs.push(self.images(&t).to_device(Device::Cpu));
-        }
-        Ok(Tensor::cat(&imgs, 0))
+        eval_images(&self.model, &self.cfg, &self.classes, per_class, guidance)
     }
 
     /// Metrics of generated `[-1, 1]` images against the held-out real features (and the
     /// attribute's histogram on data sets that have one).
     pub fn evaluate_images(&self, images: &Tensor) -> Result<EvalReport> {
-        let ev = self.eval.as_ref().context("no evaluation set was given")?;
-        let (feats, logits) = self.features(images)?;
-        // Image i of the evaluation set has condition classes[i % classes.len()].
-        let labels: Vec<i64> = (0..images.size()[0] as usize)
-            .map(|i| self.classes[i % self.classes.len()])
-            .collect();
-        let attribute = match ev.attribute {
-            Some(kind) => {
-                let x01 = ((images + 1.0) / 2.0).clamp(0.0, 1.0);
-                Some(AttributeReport::from_oracle(kind, &x01)?)
-            }
-            None => None,
-        };
-        let mut report = crate::eval::evaluate(
-            self.phi.name(),
-            &feats,
-            &ev.features,
-            logits.as_ref(),
-            attribute,
-            EvalOptions::default(),
-        )?;
-        if let Some((ext, real)) = &ev.independent {
-            let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
-            let e = tch::no_grad(|| extract(ext.as_ref(), &x01, 0, false))?;
-            let ind = crate::eval::evaluate(
-                ext.name(),
-                &e.features,
-                real,
-                e.logits.as_ref(),
-                None,
-                EvalOptions::default(),
-            )?;
-            report.independent = Some(Box::new(ind));
-        }
-        if let Some((real, real_labels)) = &ev.pixels {
-            let gen = pixel_rows(images, true)?;
-            report.pixel_within_class = Some(divrl_reward::within_class::within_class(
-                &gen,
-                &labels,
-                real,
-                real_labels,
-            )?);
-        }
-        Ok(report)
+        self.evaluator.evaluate_images(images, &self.classes)
     }
 
     /// The held-out real features, when an evaluation set was given.
     pub fn eval_features(&self) -> Option<&Tensor> {
-        self.eval.as_ref().map(|e| &e.features)
+        self.evaluator.eval_features()
     }
 
     /// The Diversity Reward (with its reference set) of condition `c`.
@@ -605,7 +518,7 @@ impl<P: PolicyModel> Trainer<P> {
 
     /// ϕ's registry name.
     pub fn phi_name(&self) -> &str {
-        self.phi.name()
+        self.evaluator.phi.name()
     }
 
     /// The run folder (log lines, checkpoints).
@@ -706,7 +619,7 @@ impl<P: PolicyModel> Trainer<P> {
         let _lock = crate::run_lock::lock_run_folder(&out)?;
         write_toml(&out.join("config.toml"), &self.cfg)?;
         let mut evals = Vec::new();
-        let do_eval = self.cfg.eval_every > 0 && self.eval.is_some();
+        let do_eval = self.cfg.eval_every > 0 && self.evaluator.set.is_some();
         let mut eval_now = |me: &mut Self| -> Result<()> {
             let (rep, images) = me.eval_and_log()?;
             on_eval(me.epoch, &rep, &images)?;
