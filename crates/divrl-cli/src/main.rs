@@ -35,7 +35,7 @@ enum Command {
     Sample(cmd::sample::Args),
     /// Train the small classifier that is the default feature space (Fashion-MNIST)
     TrainClassifier(cmd::train_classifier::Args),
-    /// Features of an image set (small | inception | clip), cached by content hash
+    /// Features of an image set (pixels | small | inception | clip), cached by content hash
     Features(cmd::features::Args),
     /// FID, Precision, Recall, Density, Coverage, IS and attribute KL of generated vs reference images
     Eval(cmd::eval::Args),

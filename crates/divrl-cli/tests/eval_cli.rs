@@ -162,6 +162,51 @@ fn inversion_attribute_of_the_skewed_pools() {
     let _ = dir;
 }
 
+/// `--extractor pixels` (8 × 8 grey pooled pixels, the debias preset's ϕ) is in the one
+/// extractor registry: a pool of normal images is far from a 50/50 pool in it, the 50/50 pools
+/// are close to each other, and it takes no weights.
+#[test]
+fn pixels_extractor_sees_the_inversion() {
+    let fid = |generated: &str| {
+        let (code, out, err) = run(&[
+            "eval",
+            "--generated",
+            generated,
+            "--reference",
+            "fashion-mnist-skewed:reference",
+            "--extractor",
+            "pixels",
+            "--json",
+            "--no-cache",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["dim"], 64);
+        v["fid"].as_f64().unwrap()
+    };
+    let (balanced, normal) = (fid("fashion-mnist-skewed:eval"), fid("fashion-mnist:eval"));
+    assert!(
+        normal > 10.0 * balanced.max(0.01),
+        "normal {normal}, balanced {balanced}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let e = run_err(divrl().args([
+        "features",
+        "--images",
+        "fashion-mnist:eval",
+        "--out",
+        s(&dir.path().join("f.npy")),
+        "--extractor",
+        "pixels",
+        "--weights",
+        s(dir.path()),
+    ]));
+    assert!(e.contains("pixels extractor has no weights"), "{e}");
+}
+
 #[test]
 fn bad_inputs_exit_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();

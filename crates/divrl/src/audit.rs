@@ -667,8 +667,9 @@ pub fn run_audit(cfg: &AuditConfig) -> Result<AuditReport> {
     let mut extractors = Vec::new();
     for name in &cfg.extractors {
         let te = std::time::Instant::now();
-        let phi = crate::rl::phi::load_phi(name, cfg.extractor_weights.as_deref(), cfg.device)
-            .with_context(|| format!("loading extractor {name}"))?;
+        let phi =
+            crate::features::load_extractor(name, cfg.extractor_weights.as_deref(), cfg.device)
+                .with_context(|| format!("loading extractor {name}"))?;
         let references = crate::rl::setup::reference_features(
             phi.as_ref(),
             &splits.reference,

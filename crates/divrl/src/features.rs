@@ -277,16 +277,23 @@ pub fn default_clip_dir() -> PathBuf {
 }
 
 /// Names accepted by [`load_extractor`].
-pub const EXTRACTORS: [&str; 4] = ["small", "inception", "inception-native", "clip"];
+pub const EXTRACTORS: [&str; 5] = ["pixels", "small", "inception", "inception-native", "clip"];
 
 /// Builds an extractor by name. `weights` overrides the default weights (a classifier checkpoint
-/// folder for `small`, a TorchScript archive for `inception`, a CLIP folder for `clip`).
+/// folder for `small`, a TorchScript archive for `inception`, a CLIP folder for `clip`; `pixels`,
+/// 8 × 8 grey average-pooled pixels, has none).
 pub fn load_extractor(
     name: &str,
     weights: Option<&Path>,
     device: Device,
 ) -> Result<Box<dyn Extractor>> {
     match name {
+        "pixels" => {
+            if let Some(w) = weights {
+                bail!("the pixels extractor has no weights (got {})", w.display());
+            }
+            Ok(Box::new(crate::models::pixels::PixelExtractor::new(8, 1)?))
+        }
         "small" => {
             let dir = weights
                 .map(Path::to_path_buf)

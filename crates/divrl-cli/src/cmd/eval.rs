@@ -63,7 +63,7 @@ pub struct Args {
     /// Reference (real) images, same forms as --generated
     #[arg(long)]
     pub reference: String,
-    /// Feature network: small | inception | clip
+    /// Feature network: pixels | small | inception | clip
     #[arg(long, default_value = "small")]
     pub extractor: String,
     /// Weights of the extractor (see `divrl features --help`)

@@ -15,7 +15,6 @@
 //! - [`evaluator`]: held-out evaluation of any policy (fixed noise, ϕ, an independent space,
 //!   pixels, the attribute oracle).
 //! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning.
-//! - [`phi`]: ϕ by name (adds the parameter-free `pixels`).
 //! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
 //!   evaluation set).
 //! - [`presets`]: the demo's and the experiments' fine-tuning settings.
@@ -23,7 +22,6 @@ pub mod advantage;
 pub mod config;
 pub mod evaluator;
 pub mod model;
-pub mod phi;
 pub mod policy;
 pub mod ppo;
 pub mod presets;

@@ -163,7 +163,7 @@ fn eval_set(
     let independent = if cfg.eval_independent.is_empty() {
         None
     } else {
-        let ext = super::phi::load_phi(&cfg.eval_independent, None, device)?;
+        let ext = crate::features::load_extractor(&cfg.eval_independent, None, device)?;
         let real = cached_features(ext.as_ref(), &subset.images, progress)?;
         Some((ext, real))
     };
@@ -183,7 +183,8 @@ pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) ->
     crate::device::set_threads(cfg.threads);
     let device = crate::device::parse_device(&cfg.device)?;
     let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
-    let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    let phi =
+        crate::features::load_extractor(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
     let classes = run_classes(cfg, model.config.model.num_classes);
     // Reference sets come from the reference pool, disjoint from the evaluation pool.
     let references = reference_features(
@@ -226,7 +227,11 @@ impl BaseEvaluation {
         crate::device::set_threads(cfg.threads);
         let device = crate::device::parse_device(&cfg.device)?;
         let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
-        let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+        let phi = crate::features::load_extractor(
+            &cfg.extractor,
+            cfg.extractor_weights.as_deref(),
+            device,
+        )?;
         let model = UnetPolicy::new(cfg, model)?;
         let classes = model.conditions(cfg)?;
         let set = eval_set(cfg, &splits.eval, phi.as_ref(), &classes, device, progress)?;
@@ -269,7 +274,8 @@ pub fn build_sd_finetuner(cfg: &FinetuneConfig) -> Result<SdFinetuner> {
     }
     let sd = StableDiffusion::load(&cfg.base, device, precision)
         .with_context(|| format!("loading Stable Diffusion folder {}", cfg.base.display()))?;
-    let phi = super::phi::load_phi(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    let phi =
+        crate::features::load_extractor(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
     let files = reference_files(&cfg.references, cfg.prompts.len(), cfg.ref_per_class)?;
     let mut references = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {

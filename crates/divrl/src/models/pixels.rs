@@ -1,10 +1,9 @@
-//! Feature networks for the reward: the registry of [`crate::features`] plus `pixels`, a
-//! parameter-free ϕ (average-pooled raw pixels) for toy problems and tests.
+//! `pixels`: a parameter-free ϕ, average-pooled raw pixels (8 × 8 grey by default), for toy
+//! problems, tests and attributes that live in pixel statistics (background shade, inversion).
 use anyhow::{bail, Result};
-use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-use crate::features::{load_extractor, Extracted, Extractor};
+use crate::features::{Extracted, Extractor};
 
 /// `pixels`: images in [0, 1], average-pooled to at most `side × side`, flattened.
 pub struct PixelExtractor {
@@ -43,7 +42,7 @@ impl Extractor for PixelExtractor {
         Device::Cpu
     }
     fn forward(&self, images: &Tensor) -> Result<Extracted> {
-        let x = crate::features::to_channels(
+        let x = crate::imageops::to_channels(
             &images.to_device(Device::Cpu).to_kind(Kind::Float),
             self.channels,
         )?;
@@ -52,13 +51,5 @@ impl Extractor for PixelExtractor {
             features: x.flatten(1, -1),
             logits: None,
         })
-    }
-}
-
-/// `pixels` (8 × 8 grey) or any extractor [`load_extractor`] knows.
-pub fn load_phi(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Extractor>> {
-    match name {
-        "pixels" => Ok(Box::new(PixelExtractor::new(8, 1)?)),
-        other => load_extractor(other, weights, device),
     }
 }
