@@ -313,7 +313,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return train(&args, trainer, "LoRA in lora/, log.jsonl");
     }
     let trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;
-    train(&args, trainer, "lora.safetensors, merged/, log.jsonl")
+    let what = if cfg.policy_steps > 0 {
+        "lora.safetensors, lora.toml, log.jsonl; no merged/: the adapters act on the first policy_steps steps only"
+    } else {
+        "lora.safetensors, merged/, log.jsonl"
+    };
+    train(&args, trainer, what)
 }
 
 /// Claims the run folder, resumes when asked, runs to `cfg.epochs` and reports each evaluation
