@@ -14,6 +14,7 @@
 //!   [`SdFinetuner`] name its two instances), evaluation and exports.
 //! - [`evaluator`]: held-out evaluation of any policy (fixed noise, ϕ, an independent space,
 //!   pixels, the attribute oracle).
+//! - [`step_gate`]: adapters on the first `policy_steps` sampling steps only, the base after.
 //! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning.
 //! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
 //!   evaluation set).
