@@ -9,7 +9,7 @@ fn open(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>>
         .with_context(|| format!("{}: not a .npy file", path.display()))
 }
 
-/// Returns (CHW float data in [0,1], n, c, h, w).
+/// Returns (CHW float data in `[0, 1]`, n, c, h, w).
 pub fn read_npy_images(path: &Path) -> Result<(Vec<f32>, usize, usize, usize, usize)> {
     let npy = open(path)?;
     if npy.order() != npyz::Order::C {
