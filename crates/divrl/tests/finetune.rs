@@ -639,12 +639,12 @@ fn evaluation_reports_an_independent_space_and_pixel_spread() {
     let phi_real = pixels().forward(&real).unwrap().features;
     let ind = Box::new(PixelExtractor::new(4, 1).unwrap());
     let ind_real = ind.forward(&real).unwrap().features;
-    let eval = divrl::rl::trainer::EvalSet {
+    let eval = divrl::rl::evaluator::EvalSet {
         features: phi_real,
         attribute: None,
         independent: Some((ind, ind_real)),
         pixels: Some((
-            divrl::rl::trainer::pixel_rows(&real, false).unwrap(),
+            divrl::rl::evaluator::pixel_rows(&real, false).unwrap(),
             labels,
         )),
     };

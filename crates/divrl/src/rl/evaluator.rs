@@ -34,6 +34,11 @@ pub fn pixel_rows(images: &Tensor, signed: bool) -> Result<Features> {
     to_features("pixels", &x.clamp(0.0, 1.0).flatten(1, -1))
 }
 
+/// `[-1, 1]` images as float in `[0, 1]`, what every extractor and oracle reads.
+fn unit_range(images: &Tensor) -> Tensor {
+    ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0)
+}
+
 /// ϕ and, when given, the held-out evaluation set.
 pub struct Evaluator {
     pub phi: Box<dyn Extractor>,
@@ -43,8 +48,7 @@ pub struct Evaluator {
 impl Evaluator {
     /// ϕ-features (and logits) of `[-1, 1]` images, batched, on the CPU.
     pub fn features(&self, images: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
-        let e = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false))?;
+        let e = tch::no_grad(|| extract(self.phi.as_ref(), &unit_range(images), 0, false))?;
         Ok((e.features, e.logits))
     }
 
@@ -53,27 +57,24 @@ impl Evaluator {
     /// histogram on data sets that have one).
     pub fn evaluate_images(&self, images: &Tensor, classes: &[i64]) -> Result<EvalReport> {
         let ev = self.set.as_ref().context("no evaluation set was given")?;
-        let (feats, logits) = self.features(images)?;
+        let x01 = unit_range(images);
+        let e = tch::no_grad(|| extract(self.phi.as_ref(), &x01, 0, false))?;
         let labels: Vec<i64> = (0..images.size()[0] as usize)
             .map(|i| classes[i % classes.len()])
             .collect();
         let attribute = match ev.attribute {
-            Some(kind) => {
-                let x01 = ((images + 1.0) / 2.0).clamp(0.0, 1.0);
-                Some(AttributeReport::from_oracle(kind, &x01)?)
-            }
+            Some(kind) => Some(AttributeReport::from_oracle(kind, &x01)?),
             None => None,
         };
         let mut report = crate::eval::evaluate(
             self.phi.name(),
-            &feats,
+            &e.features,
             &ev.features,
-            logits.as_ref(),
+            e.logits.as_ref(),
             attribute,
             EvalOptions::default(),
         )?;
         if let Some((ext, real)) = &ev.independent {
-            let x01 = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0);
             let e = tch::no_grad(|| extract(ext.as_ref(), &x01, 0, false))?;
             let ind = crate::eval::evaluate(
                 ext.name(),
@@ -86,7 +87,7 @@ impl Evaluator {
             report.independent = Some(Box::new(ind));
         }
         if let Some((real, real_labels)) = &ev.pixels {
-            let gen = pixel_rows(images, true)?;
+            let gen = pixel_rows(&x01, false)?;
             report.pixel_within_class = Some(divrl_reward::within_class::within_class(
                 &gen,
                 &labels,

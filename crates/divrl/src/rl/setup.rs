@@ -16,7 +16,7 @@ use super::evaluator::{eval_images, pixel_rows, EvalSet, Evaluator};
 use super::model::PolicyModel;
 use super::sd_model::SdFinetuner;
 use super::trainer::Finetuner;
-use super::unet_policy::UnetPolicy;
+use super::unet_policy::{run_classes, UnetPolicy};
 use crate::data::Dataset;
 use crate::eval::EvalReport;
 use crate::features::{extract, to_features, Extractor};
@@ -136,13 +136,23 @@ fn cached_features(
     Ok(out.features.to_kind(Kind::Float))
 }
 
-/// The classes a config trains on: `cfg.classes`, or all `k` of the base model.
-fn run_classes(cfg: &FinetuneConfig, k: i64) -> Vec<i64> {
-    if cfg.classes.is_empty() {
-        (0..k).collect()
-    } else {
-        cfg.classes.clone()
-    }
+/// What every UNet run loads first: `cfg` validated, the libtorch thread count set from
+/// `cfg.threads`, the device, the base checkpoint with its data set's splits, and ϕ.
+fn load_unet_run(
+    cfg: &FinetuneConfig,
+) -> Result<(
+    tch::Device,
+    crate::checkpoint::LoadedModel,
+    crate::data::Splits,
+    Box<dyn Extractor>,
+)> {
+    cfg.validate()?;
+    crate::device::set_threads(cfg.threads);
+    let device = crate::device::parse_device(&cfg.device)?;
+    let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
+    let phi =
+        crate::features::load_extractor(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
+    Ok((device, model, splits, phi))
 }
 
 /// The held-out evaluation set of `classes`: the evaluation pool's images in ϕ's space, in the
@@ -179,13 +189,8 @@ fn eval_set(
 /// evaluation set is loaded when `with_eval` or `cfg.eval_every > 0`. Sets the libtorch thread
 /// count from `cfg.threads`.
 pub fn build_finetuner(cfg: &FinetuneConfig, with_eval: bool, progress: bool) -> Result<Finetuner> {
-    cfg.validate()?;
-    crate::device::set_threads(cfg.threads);
-    let device = crate::device::parse_device(&cfg.device)?;
-    let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
-    let phi =
-        crate::features::load_extractor(&cfg.extractor, cfg.extractor_weights.as_deref(), device)?;
-    let classes = run_classes(cfg, model.config.model.num_classes);
+    let (device, model, splits, phi) = load_unet_run(cfg)?;
+    let classes = run_classes(cfg, model.config.model.num_classes)?;
     // Reference sets come from the reference pool, disjoint from the evaluation pool.
     let references = reference_features(
         phi.as_ref(),
@@ -223,15 +228,7 @@ pub struct BaseEvaluation {
 impl BaseEvaluation {
     /// Loads the base, ϕ and the held-out evaluation set `cfg` names.
     pub fn new(cfg: &FinetuneConfig, progress: bool) -> Result<Self> {
-        cfg.validate()?;
-        crate::device::set_threads(cfg.threads);
-        let device = crate::device::parse_device(&cfg.device)?;
-        let (model, splits) = load_base_and_data(&cfg.base, &cfg.data, device)?;
-        let phi = crate::features::load_extractor(
-            &cfg.extractor,
-            cfg.extractor_weights.as_deref(),
-            device,
-        )?;
+        let (device, model, splits, phi) = load_unet_run(cfg)?;
         let model = UnetPolicy::new(cfg, model)?;
         let classes = model.conditions(cfg)?;
         let set = eval_set(cfg, &splits.eval, phi.as_ref(), &classes, device, progress)?;

@@ -32,12 +32,12 @@ use crate::sample::{save_grid, Trajectory};
 
 use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
 use super::config::FinetuneConfig;
-pub use super::evaluator::{eval_images, pixel_rows, EvalSet, Evaluator};
+use super::evaluator::{eval_images, EvalSet, Evaluator};
 use super::model::PolicyModel;
 use super::policy::StepBatch;
 pub use super::ppo::PpoStats;
 use super::ppo::{self, StepPolicy};
-pub use super::run_dir::{RlState, RunDir};
+use super::run_dir::{RlState, RunDir};
 use super::unet_policy::UnetPolicy;
 
 /// One epoch's samples: a single trajectory batch, `sets_per_class` sets of `images_per_class`

@@ -22,15 +22,9 @@ use super::ppo::{Replay, StepPolicy};
 use super::step_gate::StepGated;
 
 /// A policy's ε for the sampler ([`EpsModel`]) and for the PPO replay ([`StepPolicy`]).
-trait StepPolicyEps: EpsModel + StepPolicy {
-    fn as_step_policy(&self) -> &dyn StepPolicy;
-}
+trait StepPolicyEps: EpsModel + StepPolicy {}
 
-impl<T: EpsModel + StepPolicy> StepPolicyEps for T {
-    fn as_step_policy(&self) -> &dyn StepPolicy {
-        self
-    }
-}
+impl<T: EpsModel + StepPolicy> StepPolicyEps for T {}
 
 pub const LORA_FILE: &str = "lora.safetensors";
 pub const LORA_CONFIG_FILE: &str = "lora.toml";
@@ -131,6 +125,26 @@ impl UnetPolicy {
     }
 }
 
+/// The classes a run trains on: `cfg.classes` (sorted, without repeats), or all `k` classes of
+/// the base model; a class `>= k` is an error.
+pub fn run_classes(cfg: &FinetuneConfig, k: i64) -> Result<Vec<i64>> {
+    let classes: Vec<i64> = if cfg.classes.is_empty() {
+        (0..k).collect()
+    } else {
+        let mut c = cfg.classes.clone();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    if let Some(c) = classes.iter().find(|&&c| c >= k) {
+        bail!(
+            "class {c} out of range: the base model has classes 0..={}",
+            k - 1
+        );
+    }
+    Ok(classes)
+}
+
 impl PolicyModel for UnetPolicy {
     fn condition_noun(&self) -> &'static str {
         "class"
@@ -140,24 +154,8 @@ impl PolicyModel for UnetPolicy {
         self.vs.device()
     }
 
-    /// `cfg.classes` (sorted, without repeats), or every class of the base model.
     fn conditions(&self, cfg: &FinetuneConfig) -> Result<Vec<i64>> {
-        let k = self.base_config.model.num_classes;
-        let classes: Vec<i64> = if cfg.classes.is_empty() {
-            (0..k).collect()
-        } else {
-            let mut c = cfg.classes.clone();
-            c.sort_unstable();
-            c.dedup();
-            c
-        };
-        if let Some(c) = classes.iter().find(|&&c| c >= k) {
-            bail!(
-                "class {c} out of range: the base model has classes 0..={}",
-                k - 1
-            );
-        }
-        Ok(classes)
+        run_classes(cfg, self.base_config.model.num_classes)
     }
 
     fn sampler(&self, cfg: &FinetuneConfig) -> SamplerConfig {
@@ -184,7 +182,7 @@ impl PolicyModel for UnetPolicy {
         };
         self.with_eps(|m| {
             f(&Replay {
-                policy: m.as_step_policy(),
+                policy: m,
                 base,
                 sched: &self.sched,
             })
