@@ -7,7 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # shellcheck source=/dev/null
 source scripts/env.sh
-cargo build --release -q -p divrl-cli
+cargo build --release -q -p divrl-cli -p divrl-torch-cli
 reps="${1:-3}"
 threads="${BENCH_THREADS:-0}"
 ck="${BENCH_CHECKPOINT:-models/fashion-mnist-base}"

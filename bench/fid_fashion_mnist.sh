@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-data FID of Fashion-MNIST, train vs test, with the FID Inception and the small classifier,
 # timing feature extraction. Numbers go to BENCHMARKS.md.
-#   source scripts/env.sh && cargo build --release -p divrl-cli && bash scripts/setup-inception.sh
+#   source scripts/env.sh && cargo build --release -p divrl-cli -p divrl-torch-cli && bash scripts/setup-inception.sh
 #   N=1000 REF=1000 EXTRACTORS="small inception" bash bench/fid_fashion_mnist.sh
 # Generated side: N seeded-random images of the 60k training split (Debian dataset-fashion-mnist);
 # reference side: REF seeded-random images of the 10k test split. THREADS sets libtorch's threads.

@@ -2,7 +2,7 @@
 # The device checks, prepared so the first lent GPU is used at once (no Rust toolchain there).
 #
 # Here (the build machine):
-#   bash bench/gpu.sh pack            # strip the release binary into target/gpu/divrl (< 64 MiB)
+#   bash bench/gpu.sh pack            # strip the release binaries (divrl, divrl-torch) into target/gpu (< 64 MiB)
 # Then on the device, through the `run` tool, carrying target/gpu:
 #   run(command="bash bench/gpu.sh device 2>&1 | tee $OUT/gpu.log", carry=["target/gpu"], timeout_s=540)
 #
@@ -22,16 +22,18 @@ case "$mode" in
 pack)
   # shellcheck source=/dev/null
   source scripts/env.sh
-  cargo build --release -p divrl-cli
+  cargo build --release -p divrl-cli -p divrl-torch-cli
   mkdir -p target/gpu
+  # divrl runs the maths verbs and hands the rest to divrl-torch beside it: carry both.
   strip -o target/gpu/divrl target/release/divrl
-  ls -la target/gpu/divrl
+  strip -o target/gpu/divrl-torch target/release/divrl-torch
+  ls -la target/gpu/
   ;;
 device)
   out="${OUT:-/tmp/divrl-gpu}"
   mkdir -p "$out"
   bin="$root/target/gpu/divrl"
-  [ -x "$bin" ] || { echo "gpu.sh: $bin missing: run 'bash bench/gpu.sh pack' here and carry target/gpu" >&2; exit 2; }
+  [ -x "$bin" ] && [ -x "$bin-torch" ] || { echo "gpu.sh: $bin or $bin-torch missing: run 'bash bench/gpu.sh pack' here and carry target/gpu" >&2; exit 2; }
   py="$(command -v python3 || command -v python)"
   torch_lib="$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
   "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'

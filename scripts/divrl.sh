@@ -6,5 +6,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
-cargo build --release -p divrl-cli >&2
+cargo build --release -p divrl-cli -p divrl-torch-cli >&2
 exec "$root/target/release/divrl" "$@"

@@ -1,113 +1,78 @@
 //! `divrl`: diversity-oriented RL fine-tuning of diffusion models, and the maths around it.
 //!
-//! Every verb is a thin layer over the libraries: argument parsing here, work there.
+//! This binary links no libtorch. It runs the maths verbs (`reward`, `select`, `metrics`) itself,
+//! so a script calling them thousands of times pays milliseconds, not libtorch's start-up; every
+//! other verb, and `--help` / `--version`, is handed to `divrl-torch` in the same folder (the
+//! process is replaced, so exit codes, output and signals are that binary's own).
 //! Errors print one line (`divrl: error: ...`) on stderr and exit with code 2.
 
-mod cmd;
-
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use divrl_cli::MathsCommand;
 
+/// The maths verbs alone; `divrl-torch` declares the full command with the same verbs.
 #[derive(Parser)]
 #[command(
     name = "divrl",
+    bin_name = "divrl",
     version,
     about = "Diversity-oriented RL fine-tuning for diffusion models"
 )]
-struct Cli {
+struct Maths {
     #[command(subcommand)]
-    command: Command,
+    command: MathsCommand,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Diversity Reward of a generated feature set against a reference set, and per-image rewards
-    Reward(cmd::reward::Args),
-    /// Pick the most (or least) diverse M-subset of each candidate set
-    Select(cmd::select::Args),
-    /// FID, Precision, Recall, Density and Coverage between two feature sets
-    Metrics(cmd::metrics::Args),
-    /// Train the class-conditional diffusion base model (DDPM, EMA, checkpoints, resumable)
-    TrainBase(cmd::train_base::Args),
-    /// Sample a PNG grid from a base checkpoint (DDIM/DDPM, classifier-free guidance)
-    Sample(cmd::sample::Args),
-    /// Train the small classifier that is the default feature space (Fashion-MNIST)
-    TrainClassifier(cmd::train_classifier::Args),
-    /// Features of an image set (pixels | small | inception | clip), cached by content hash
-    Features(cmd::features::Args),
-    /// FID, Precision, Recall, Density, Coverage, IS and attribute KL of generated vs reference images
-    Eval(cmd::eval::Args),
-    /// Diversity-oriented RL fine-tuning of a base checkpoint (the paper's Algorithm 1)
-    Finetune(Box<cmd::finetune::Args>),
-    /// Sample a PNG grid from a Stable Diffusion diffusers folder, optionally with a LoRA
-    SdSample(cmd::sd_sample::Args),
-    /// Baseline collapse, diversity fine-tuning, before/after evaluation and an HTML report
-    Demo(cmd::demo::Args),
-    /// The paper's experiments on our data: selection, guidance, debias, ablation
-    Experiment(cmd::experiment::Args),
-    /// Reward audit: can ϕ and the reward see the attribute to balance (generated vs real)?
-    Audit(cmd::audit::Args),
-}
+/// The binary that runs the libtorch verbs.
+const TORCH_BIN: &str = "divrl-torch";
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DIVRL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => return parse_error(err),
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let verb = args.get(1).and_then(|a| a.to_str());
+    if verb.is_some_and(|v| MathsCommand::VERBS.contains(&v)) {
+        return match Maths::try_parse_from(&args) {
+            Ok(cli) => divrl_cli::finish(cli.command.run()),
+            Err(err) => divrl_cli::parse_error(err),
+        };
+    }
+    hand_over(&args[1.min(args.len())..])
+}
+
+/// Replaces this process with `divrl-torch args…` (argv[0] stays `divrl`).
+fn hand_over(args: &[OsString]) -> ExitCode {
+    let torch = match torch_binary() {
+        Ok(p) => p,
+        Err(msg) => return divrl_cli::fail(&msg),
     };
-    let result = match cli.command {
-        Command::Reward(args) => cmd::reward::run(args),
-        Command::Select(args) => cmd::select::run(args),
-        Command::Metrics(args) => cmd::metrics::run(args),
-        Command::TrainBase(args) => cmd::train_base::run(args),
-        Command::Sample(args) => cmd::sample::run(args),
-        Command::TrainClassifier(args) => cmd::train_classifier::run(args),
-        Command::Features(args) => cmd::features::run(args),
-        Command::Eval(args) => cmd::eval::run(args),
-        Command::Finetune(args) => cmd::finetune::run(*args),
-        Command::SdSample(args) => cmd::sd_sample::run(args),
-        Command::Demo(args) => cmd::demo::run(args),
-        Command::Experiment(args) => cmd::experiment::run(args),
-        Command::Audit(args) => cmd::audit::run(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("divrl: error: {}", cmd::one_line(&err));
-            ExitCode::from(2)
-        }
+    let mut cmd = std::process::Command::new(&torch);
+    cmd.args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.arg0("divrl").exec();
+        divrl_cli::fail(&format!("cannot run {}: {err}", torch.display()))
+    }
+    #[cfg(not(unix))]
+    match cmd.status() {
+        Ok(status) => ExitCode::from(status.code().unwrap_or(2).clamp(0, 255) as u8),
+        Err(err) => divrl_cli::fail(&format!("cannot run {}: {err}", torch.display())),
     }
 }
 
-/// Help and version as clap prints them; every other parse error as divrl's one line (the
-/// message up to its usage block, lines joined), exit 2.
-fn parse_error(err: clap::Error) -> ExitCode {
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        err.exit();
+/// `divrl-torch` beside this executable (symbolic links resolved).
+fn torch_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .map_err(|e| format!("cannot locate the divrl executable: {e}"))?;
+    let torch = exe.with_file_name(format!("{TORCH_BIN}{}", std::env::consts::EXE_SUFFIX));
+    if !torch.is_file() {
+        return Err(format!(
+            "this verb needs {} beside divrl (the libtorch verbs live there); build both: cargo build --release -p divrl-cli -p divrl-torch-cli",
+            torch.display()
+        ));
     }
-    let text = err.render().to_string();
-    let msg: Vec<&str> = text
-        .lines()
-        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
-        .map(str::trim)
-        .collect();
-    let msg = msg.join(" ");
-    eprintln!(
-        "divrl: error: {} (see --help)",
-        msg.strip_prefix("error: ").unwrap_or(&msg)
-    );
-    ExitCode::from(2)
+    Ok(torch)
 }

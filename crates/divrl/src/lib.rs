@@ -11,17 +11,18 @@
 //! - [`features`]: feature extractors ϕ, image sources, the feature cache; [`imageops`] and
 //!   [`paths`]: the image conversions and weight locations the networks share.
 //! - [`run_lock`]: one process per run folder, and removal of what killed runs left behind.
-//! - [`demo`]: `divrl demo` (baseline, fine-tuning, HTML report); [`experiment`]: the paper's
-//!   tables on our data (selection, guidance, debias, ablation).
+//! - [`rl`]: diversity-oriented RL fine-tuning (Algorithm 1) over any diffusion policy;
+//!   [`eval`]: held-out metrics; [`audit`]: can ϕ and the reward see an attribute?
+//!
+//! The demo and the experiments, which drive all of this into reports, live above the library
+//! in the `divrl-experiments` crate.
 pub mod audit;
 pub mod cads;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod demo;
 pub mod device;
 pub mod eval;
-pub mod experiment;
 pub mod export;
 pub mod features;
 pub mod imageops;

@@ -166,7 +166,7 @@ pub struct FinetuneConfig {
     /// (`inception`, `small`, `pixels`; empty = none). Its metrics appear as `independent`.
     pub eval_independent: String,
     /// Log per-epoch diagnostics of the policy-gradient signal (costs one replay of the
-    /// rollout and one fixed-noise sample per epoch): see [`crate::rl::trainer::Diagnostics`].
+    /// rollout and one fixed-noise sample per epoch): see [`crate::rl::run_log::Diagnostics`].
     pub diagnostics: bool,
     /// cpu, cuda, cuda:N or auto.
     pub device: String,

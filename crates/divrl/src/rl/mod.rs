@@ -15,7 +15,8 @@
 //! - [`evaluator`]: held-out evaluation of any policy (fixed noise, ϕ, an independent space,
 //!   pixels, the attribute oracle).
 //! - [`step_gate`]: adapters on the first `policy_steps` sampling steps only, the base after.
-//! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning.
+//! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning;
+//!   [`run_log`]: the log's records and their reader.
 //! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
 //!   evaluation set).
 //! - [`presets`]: the demo's and the experiments' fine-tuning settings.
@@ -27,6 +28,7 @@ pub mod policy;
 pub mod ppo;
 pub mod presets;
 pub mod run_dir;
+pub mod run_log;
 pub mod sd_model;
 pub mod setup;
 pub mod step_gate;

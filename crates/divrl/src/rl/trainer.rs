@@ -14,7 +14,6 @@
 //! and the advantage tracker ([`RunDir`]), so a resumed run continues exactly where the
 //! uninterrupted one would.
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +37,7 @@ use super::policy::StepBatch;
 pub use super::ppo::PpoStats;
 use super::ppo::{self, StepPolicy};
 use super::run_dir::{RlState, RunDir};
+use super::run_log::{Diagnostics, EpochLog, EvalLog};
 use super::unet_policy::UnetPolicy;
 
 /// One epoch's samples: a single trajectory batch, `sets_per_class` sets of `images_per_class`
@@ -58,54 +58,6 @@ pub struct Scores {
     pub rewards: Vec<f64>,
     /// Set reward of each condition (unscaled).
     pub set_rewards: BTreeMap<i64, f64>,
-}
-
-/// One line of `log.jsonl` per epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub kind: String,
-    pub epoch: usize,
-    pub set_reward_mean: f64,
-    pub set_rewards: BTreeMap<String, f64>,
-    pub reward_mean: f64,
-    pub reward_std: f64,
-    pub reward_min: f64,
-    pub reward_max: f64,
-    pub advantage_abs_mean: f64,
-    #[serde(flatten)]
-    pub ppo: PpoStats,
-    pub lr: f64,
-    pub images: usize,
-    pub images_per_s: f64,
-    pub seconds: f64,
-    /// Where the signal is lost (`diagnostics = true`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diagnostics: Option<Diagnostics>,
-}
-
-/// Per-epoch diagnostics of the policy gradient's signal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Diagnostics {
-    /// Pearson correlation, over the epoch's trajectories, between an image's advantage and the
-    /// change of its log-probability (mean over its trained transitions) caused by the update.
-    /// Positive: the update made high-advantage images more likely, as it should.
-    pub adv_logp_corr: f64,
-    /// Mean absolute per-transition log-probability change of the update.
-    pub logp_change_abs_mean: f64,
-    /// Mean set reward of `images_per_class` fresh samples per condition from fixed noise (the
-    /// same every epoch), before and after this epoch's update.
-    pub fixed_set_reward_before: f64,
-    pub fixed_set_reward_after: f64,
-}
-
-/// An evaluation line of `log.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalLog {
-    pub kind: String,
-    pub epoch: usize,
-    #[serde(flatten)]
-    pub report: EvalReport,
-    pub seconds: f64,
 }
 
 /// How many evaluations a run of `cfg.epochs` makes: the base's, every `eval_every` epochs, and

@@ -12,9 +12,10 @@ use anyhow::{bail, Result};
 use divrl_report::Table;
 use divrl_reward::{MmdKernel, RewardKind};
 
-use super::{finish, ft_sizes, sizes_of, Ctx, ExperimentTable};
-use crate::eval::EvalReport;
-use crate::rl::{presets, FinetuneConfig};
+use super::table::{finish, ft_sizes, sizes_of};
+use super::{Ctx, ExperimentTable};
+use divrl::eval::EvalReport;
+use divrl::rl::{presets, FinetuneConfig};
 
 /// Reads one number from a report (`None` where the report lacks it).
 pub type MetricFn = Box<dyn Fn(&EvalReport) -> Option<f64>>;

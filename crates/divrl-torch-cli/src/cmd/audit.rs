@@ -19,7 +19,7 @@ pub enum AuditReward {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Base checkpoint folder
-    #[arg(long, default_value = divrl::experiment::SKEWED_BASE)]
+    #[arg(long, default_value = divrl::rl::presets::SKEWED_BASE)]
     pub base: PathBuf,
     /// Data set with a binary attribute (reference and evaluation pools)
     #[arg(long, default_value = "fashion-mnist-skewed")]

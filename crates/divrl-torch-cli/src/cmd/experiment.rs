@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use divrl::experiment::{run_experiment, ExperimentKind, ExperimentOptions};
+use divrl_experiments::experiment::{run_experiment, ExperimentKind, ExperimentOptions};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Which {
@@ -54,7 +54,7 @@ pub struct Args {
     /// Diversity: a training-free sampler baseline evaluated beside the base, as
     /// NAME=KEY=VALUE[;KEY=VALUE...] over the run config's sampler fields (repeatable)
     #[arg(long = "baseline", value_parser = parse_baseline)]
-    pub baselines: Vec<divrl::experiment::diversity::SamplerBaseline>,
+    pub baselines: Vec<divrl_experiments::experiment::diversity::SamplerBaseline>,
     /// Diversity: continue each fine-tuning to twice its epochs and evaluate again
     #[arg(long)]
     pub double: bool,
@@ -80,13 +80,15 @@ pub enum AttributeArg {
 pub struct SeedList(pub Vec<u64>);
 
 fn parse_seeds(s: &str) -> Result<SeedList, String> {
-    divrl::experiment::diversity::parse_seeds(s)
+    divrl_experiments::experiment::diversity::parse_seeds(s)
         .map(SeedList)
         .map_err(|e| format!("{e:#}"))
 }
 
-fn parse_baseline(s: &str) -> Result<divrl::experiment::diversity::SamplerBaseline, String> {
-    divrl::experiment::diversity::parse_baseline(s).map_err(|e| format!("{e:#}"))
+fn parse_baseline(
+    s: &str,
+) -> Result<divrl_experiments::experiment::diversity::SamplerBaseline, String> {
+    divrl_experiments::experiment::diversity::parse_baseline(s).map_err(|e| format!("{e:#}"))
 }
 
 /// The process's command line, for reports.

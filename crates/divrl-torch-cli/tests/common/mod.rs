@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The `divrl` binary under test.
+/// The binary under test: `divrl-torch`, which knows every verb (the `divrl` command hands it
+/// all but the maths verbs; crates/divrl-cli/tests checks that hand-over).
 pub fn divrl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_divrl"))
+    Command::new(env!("CARGO_BIN_EXE_divrl-torch"))
 }
 
 /// Runs `divrl args…`: (exit code, stdout, stderr).

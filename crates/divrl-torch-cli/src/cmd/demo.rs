@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use divrl::demo::{run_demo, DemoOptions};
+use divrl_experiments::demo::{run_demo, DemoOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,7 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.base = b;
     }
     args.compute.apply(&mut cfg.device, &mut cfg.threads);
-    let mut cfg = divrl::experiment::apply_overlay(cfg, overlay.as_ref())?;
+    let mut cfg = divrl_experiments::experiment::apply_overlay(cfg, overlay.as_ref())?;
     if let Some(o) = args.out {
         cfg.out = o;
     }

@@ -10,15 +10,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
+use divrl::config::write_atomic;
+use divrl::eval::EvalReport;
+use divrl::rl::run_log::{read_log, EpochLog, EvalLog};
+use divrl::rl::trainer::planned_evals;
+use divrl::rl::{FinetuneConfig, Finetuner};
 use divrl_report::{line_plot, Block, Figure, Report, Series, Table};
 
-use crate::config::write_atomic;
-use crate::eval::EvalReport;
-use crate::rl::run_dir::LOG_FILE;
-use crate::rl::trainer::{planned_evals, EpochLog, EvalLog};
-use crate::rl::{FinetuneConfig, Finetuner};
+use crate::cells::{metric_cells, METRIC_HEADERS};
+use crate::files::{progress_bar, read_json, write_json};
+use crate::grids::grid_png;
+use crate::provenance::{machine_description, utc_now};
 
 pub const REPORT_HTML: &str = "report.html";
 pub const REPORT_JSON: &str = "report.json";
@@ -70,118 +73,6 @@ pub struct DemoOutcome {
     pub report: DemoJson,
 }
 
-/// `per_class` interleaved evaluation images (condition `i % k`) → the first `g` of each class,
-/// one class per grid row.
-pub fn class_rows(images: &Tensor, k: usize, g: usize) -> Result<Tensor> {
-    let n = images.size()[0] as usize;
-    if k == 0 || n < k * g {
-        bail!("{n} images cannot fill {k} rows of {g}");
-    }
-    let idx: Vec<i64> = (0..k)
-        .flat_map(|c| (0..g).map(move |r| (r * k + c) as i64))
-        .collect();
-    Ok(images.index_select(0, &Tensor::from_slice(&idx).to_device(images.device())))
-}
-
-/// PNG bytes of a class-row grid.
-pub fn grid_png(images: &Tensor, k: usize, g: usize) -> Result<Vec<u8>> {
-    let rows = class_rows(images, k, g)?;
-    crate::sample::png_bytes(&crate::sample::make_grid(&rows, g)?)
-}
-
-/// CPU model and core count of this machine, for reports.
-pub fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let gpu = if tch::Cuda::is_available() {
-        format!(", {} CUDA device(s)", tch::Cuda::device_count())
-    } else {
-        ", no GPU".into()
-    };
-    format!("{cpu}, {cores} cores{gpu}")
-}
-
-/// Current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// Reads a run's `log.jsonl`: epoch lines and evaluation lines.
-pub fn read_log(dir: &Path) -> Result<(Vec<EpochLog>, Vec<EvalLog>)> {
-    let p = dir.join(LOG_FILE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let (mut epochs, mut evals) = (Vec::new(), Vec::new());
-    for (i, l) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value =
-            serde_json::from_str(l).with_context(|| format!("{} line {}", p.display(), i + 1))?;
-        match v.get("kind").and_then(|k| k.as_str()) {
-            Some("epoch") => epochs.push(serde_json::from_value(v)?),
-            Some("eval") => evals.push(serde_json::from_value(v)?),
-            _ => {}
-        }
-    }
-    Ok((epochs, evals))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<T> {
-    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-        .with_context(|| format!("parsing {}", p.display()))
-}
-
-fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
-    write_atomic(p, &serde_json::to_vec_pretty(v)?)
-}
-
-/// A progress bar (hidden without `progress`) with divrl's style.
-pub fn progress_bar(len: u64, progress: bool, what: &str) -> indicatif::ProgressBar {
-    let pb = if progress {
-        indicatif::ProgressBar::new(len)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, ETA {{eta}})"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 /// Runs the demo (or continues it) and writes the report.
 pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     let t0 = Instant::now();
@@ -195,10 +86,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     let pb = progress_bar(total as u64, opts.progress, "demo");
     pb.set_message("loading the base model, ϕ and the held-out pool");
     pb.enable_steady_tick(std::time::Duration::from_millis(250));
-    let mut trainer: Finetuner = crate::rl::build_finetuner(cfg, true, false)?;
+    let mut trainer: Finetuner = divrl::rl::build_finetuner(cfg, true, false)?;
     // The inputs are valid: only now does anything appear in the run folder, which stays ours
     // until the report is written.
-    let _lock = crate::run_lock::lock_run_folder(&out)?;
+    let _lock = divrl::run_lock::lock_run_folder(&out)?;
     std::fs::create_dir_all(out.join(GRIDS_DIR))
         .with_context(|| format!("creating {}", out.display()))?;
     if trainer.resume()? {
@@ -306,24 +197,6 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         report: json,
     })
 }
-
-/// Formats a metric with 3 decimals (FID with 2).
-fn f3(v: f64) -> String {
-    format!("{v:.3}")
-}
-
-/// The standard metric row of an evaluation.
-pub fn metric_cells(r: &EvalReport) -> Vec<String> {
-    vec![
-        f3(r.recall),
-        f3(r.precision),
-        format!("{:.2}", r.fid),
-        f3(r.density),
-        f3(r.coverage),
-    ]
-}
-
-pub const METRIC_HEADERS: [&str; 5] = ["Recall ↑", "Precision", "FID ↓", "Density", "Coverage ↑"];
 
 fn figure(path: &Path, caption: String) -> Option<Figure> {
     std::fs::read(path).ok().map(|png| Figure { caption, png })
@@ -530,27 +403,4 @@ fn build_report(j: &DemoJson, out: &Path) -> Result<Report> {
             .join("\n"),
     });
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn class_rows_regroups_interleaved_images() {
-        // 3 classes × 4 per class, interleaved: value = class.
-        let v: Vec<f32> = (0..12).map(|i| (i % 3) as f32).collect();
-        let t = Tensor::from_slice(&v).view([12, 1, 1, 1]);
-        let rows = class_rows(&t, 3, 2).unwrap();
-        let got: Vec<f32> = Vec::<f32>::try_from(&rows.flatten(0, -1)).unwrap();
-        assert_eq!(got, vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
-        assert!(class_rows(&t, 3, 5).is_err());
-    }
-
-    #[test]
-    fn utc_now_is_well_formed() {
-        let s = utc_now();
-        assert_eq!(s.len(), 23, "{s}");
-        assert!(s.starts_with("20"), "{s}");
-    }
 }
