@@ -109,7 +109,9 @@ pub fn diversity(quick: bool) -> FinetuneConfig {
     }
 }
 
-/// Base of `divrl experiment debias` on the inversion attribute (90/10 training pool).
+/// Base of `divrl experiment debias` on the inversion attribute (90/10 training pool): the 1.33M
+/// base fine-tuned on the skewed pool (its model card has the recipe; the earlier 687k version is
+/// `models/fashion-mnist-skewed-base-small`).
 pub const SKEWED_BASE: &str = "models/fashion-mnist-skewed-base";
 /// Base of `divrl experiment debias --attribute background` (80/15/5 training pool).
 pub const BACKGROUND_BASE: &str = "models/fashion-mnist-background-base";
@@ -121,7 +123,8 @@ pub const BACKGROUND_BASE: &str = "models/fashion-mnist-background-base";
 /// chance), a KL penalty to the base policy (`kl_coef` 0.1: without it the policy balances the
 /// attribute within 5 epochs by turning images into grey smudges; at 10 it does not move; σ =
 /// 0.5 × median with KL 0.1 moved the inversion further and more evenly over three seeds than
-/// σ = median with KL 0.3, at the same Inception-FID cost: RESULTS.md, issue 13),
+/// σ = median with KL 0.3, at the same Inception-FID cost, on the earlier 687k base; on the
+/// 1.33M base it reaches a balanced histogram, at a larger Inception-FID cost: RESULTS.md, issue 13),
 /// K = 5 sets of M = 5 per class and epoch, 20 epochs, evaluated on 50 images per class with the
 /// attribute's exact oracle and the FID-Inception space as the independent one. Quick: 2 epochs,
 /// 2 sets, 10 evaluation images per class, the classifier as the independent space.
