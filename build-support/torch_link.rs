@@ -1,7 +1,7 @@
 //! Gives every binary of this package (tests, examples) an rpath to torch's `lib/` folder, so they
 //! run without LD_LIBRARY_PATH, and keeps libtorch_cuda linked (the linker's `--as-needed` would
 //! drop it, and CUDA would then be invisible) when the torch build has it.
-//! Shared by crates/divrl and crates/divrl-torch-cli (`build = "../../build-support/torch_link.rs"`).
+//! Shared by crates/divrl, crates/divrl-experiments and crates/divrl-torch-cli (`build = "../../build-support/torch_link.rs"`).
 use std::path::PathBuf;
 use std::process::Command;
 
