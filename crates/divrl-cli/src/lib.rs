@@ -25,10 +25,10 @@ pub enum MathsCommand {
     Metrics(metrics::Args),
 }
 
-impl MathsCommand {
-    /// The verb names as typed on the command line.
-    pub const VERBS: [&'static str; 3] = ["reward", "select", "metrics"];
+/// The command's one-line description (both binaries' `--help`).
+pub const ABOUT: &str = "Diversity-oriented RL fine-tuning for diffusion models";
 
+impl MathsCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             MathsCommand::Reward(args) => reward::run(args),

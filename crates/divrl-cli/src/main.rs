@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use divrl_cli::MathsCommand;
 
 /// The maths verbs alone; `divrl-torch` declares the full command with the same verbs.
@@ -19,7 +19,7 @@ use divrl_cli::MathsCommand;
     name = "divrl",
     bin_name = "divrl",
     version,
-    about = "Diversity-oriented RL fine-tuning for diffusion models"
+    about = divrl_cli::ABOUT
 )]
 struct Maths {
     #[command(subcommand)]
@@ -32,7 +32,7 @@ const TORCH_BIN: &str = "divrl-torch";
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let verb = args.get(1).and_then(|a| a.to_str());
-    if verb.is_some_and(|v| MathsCommand::VERBS.contains(&v)) {
+    if verb.is_some_and(MathsCommand::has_subcommand) {
         return match Maths::try_parse_from(&args) {
             Ok(cli) => divrl_cli::finish(cli.command.run()),
             Err(err) => divrl_cli::parse_error(err),

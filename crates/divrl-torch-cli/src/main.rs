@@ -17,7 +17,7 @@ use divrl_cli::MathsCommand;
     name = "divrl",
     bin_name = "divrl",
     version,
-    about = "Diversity-oriented RL fine-tuning for diffusion models"
+    about = divrl_cli::ABOUT
 )]
 struct Cli {
     #[command(subcommand)]
