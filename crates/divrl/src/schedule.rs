@@ -1,11 +1,14 @@
 //! The forward noising process and the reverse steps as Gaussian policies.
 //!
-//! Each reverse step `x_t → x_s` (s < t) is `x_s ~ N(μ_θ(x_t, t, c), σ_t² I)`; [`ReverseStep`]
-//! returns the sample *and* its log-density, and [`ReverseStep::log_prob`] recomputes the
-//! log-density of a given `x_s` under the current weights (differentiable, what PPO needs).
+//! Each reverse step `x_t → x_s` (s < t) is `x_s ~ N(μ_θ(x_t, t, c), σ_t² I)`. [`Transitions`]
+//! computes that Gaussian for a batch whose rows may sit at different timesteps: the sampler's
+//! [`ReverseStep`] (every row at one pair; it returns the sample *and* its log-density) and
+//! PPO's replay of stored trajectories ([`crate::rl::policy::StepBatch`], one pair per row,
+//! differentiable in the weights) both go through it, so an unchanged policy's importance ratio
+//! is 1 by construction.
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub use crate::cads::CadsConfig;
 
@@ -408,97 +411,243 @@ pub fn guided_eps_rows<M: EpsModel + ?Sized>(
     Ok(cond.index_copy(0, &gi, &guided_eps))
 }
 
-/// Guided ε: one batched forward over (conditional, unconditional) unless w = 1 or the whole
-/// batch is already the null class.
+/// Guided ε with a per-row timestep tensor `t` (`[B]`): one batched forward over (conditional,
+/// unconditional) unless w = 1, or one over the null class when w = 0.
 pub fn guided_eps<M: EpsModel + ?Sized>(
     model: &M,
     x: &Tensor,
-    t: i64,
+    t: &Tensor,
     class: &Tensor,
     guidance: f64,
 ) -> Tensor {
-    let b = x.size()[0];
-    let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
     if (guidance - 1.0).abs() < 1e-12 {
-        return model.eps(x, &tt, class);
+        return model.eps(x, t, class);
     }
-    let null = Tensor::full([b], model.null_class(), (Kind::Int64, x.device()));
+    let null = class.full_like(model.null_class());
     if guidance == 0.0 {
-        return model.eps(x, &tt, &null);
+        return model.eps(x, t, &null);
     }
     let out = model.eps(
         &Tensor::cat(&[x, x], 0),
-        &Tensor::cat(&[&tt, &tt], 0),
+        &Tensor::cat(&[t, t], 0),
         &Tensor::cat(&[class, &null], 0),
     );
     let parts = out.chunk(2, 0);
     &parts[1] + (&parts[0] - &parts[1]) * guidance
 }
 
-/// The Gaussian of one reverse transition t → s: mean and (scalar) standard deviation.
+/// Reverse transitions `t_i → s_i`, one per row of a batch. The sampler's step (every row at the
+/// same pair) and PPO's replay of stored trajectories (each row at its own pair) are this one
+/// computation, so a replayed transition has the sampled Gaussian by construction.
+pub struct Transitions {
+    /// `[B]` int64 timesteps t_i.
+    t: Tensor,
+    ts: Vec<i64>,
+    a_t: Vec<f64>,
+    a_s: Vec<f64>,
+    num_train_timesteps: i64,
+}
+
+impl Transitions {
+    /// Row `i` goes from timestep `ts[i]` to `ss[i]` (`ss[i] < ts[i]`; −1 = the clean image).
+    pub fn new(sched: &NoiseSchedule, ts: Vec<i64>, ss: &[i64], device: Device) -> Self {
+        assert_eq!(ts.len(), ss.len(), "one target timestep per row");
+        Self {
+            t: Tensor::from_slice(&ts).to_device(device),
+            a_t: ts.iter().map(|&t| sched.alpha_bar(t)).collect(),
+            a_s: ss.iter().map(|&s| sched.alpha_bar(s)).collect(),
+            ts,
+            num_train_timesteps: sched.num_train_timesteps(),
+        }
+    }
+
+    /// `rows` rows, all from `t` to `s` (one step of the sampler).
+    pub fn uniform(sched: &NoiseSchedule, t: i64, s: i64, rows: usize, device: Device) -> Self {
+        Self::new(sched, vec![t; rows], &vec![s; rows], device)
+    }
+
+    /// The rows' timesteps t_i (`[B]`).
+    pub fn timesteps(&self) -> &Tensor {
+        &self.t
+    }
+
+    /// Whether CADS perturbs the condition of some row (then [`Self::eps`] needs the keys).
+    pub fn needs_cads_keys(&self, cfg: &SamplerConfig) -> bool {
+        cfg.cads.is_some() && self.gamma(cfg).iter().any(|&g| g < 1.0)
+    }
+
+    fn gamma(&self, cfg: &SamplerConfig) -> Vec<f64> {
+        self.ts
+            .iter()
+            .map(|&t| cfg.cads_gamma(t, self.num_train_timesteps))
+            .collect()
+    }
+
+    /// `f(ᾱ_t, ᾱ_s)` of each row as a float `[B, 1, 1, 1]` tensor, computed in f64 and rounded
+    /// once (the same value a scalar coefficient would be rounded to).
+    fn coef(&self, device: Device, f: impl Fn(f64, f64) -> f64) -> Tensor {
+        let v: Vec<f32> = self
+            .a_t
+            .iter()
+            .zip(&self.a_s)
+            .map(|(&t, &s)| f(t, s) as f32)
+            .collect();
+        Tensor::from_slice(&v).to_device(device).view([-1, 1, 1, 1])
+    }
+
+    /// The guided ε of each row under `model`, with the sampler's guidance interval and CADS
+    /// applied per row. `keys` are the rows' CADS keys ([`crate::cads::sample_keys`] of their
+    /// initial noise), needed only when CADS perturbs some row's condition.
+    pub fn eps<M: EpsModel + ?Sized>(
+        &self,
+        model: &M,
+        cfg: &SamplerConfig,
+        x_t: &Tensor,
+        class: &Tensor,
+        keys: Option<&[u64]>,
+    ) -> Result<Tensor> {
+        if !cfg.has_options() {
+            return Ok(guided_eps(model, x_t, &self.t, class, cfg.guidance));
+        }
+        let guided: Vec<bool> = self
+            .a_t
+            .iter()
+            .map(|&a| {
+                cfg.guidance_interval
+                    .is_none_or(|iv| iv.contains(edm_sigma(a)))
+            })
+            .collect();
+        let gamma = self.gamma(cfg);
+        let rows = match &cfg.cads {
+            Some(c) if gamma.iter().any(|&g| g < 1.0) => {
+                let Some(keys) = keys else {
+                    bail!("a CADS step needs the samples' keys (crate::cads::sample_keys)");
+                };
+                if keys.len() != self.ts.len() {
+                    bail!("{} CADS keys for {} samples", keys.len(), self.ts.len());
+                }
+                Some(CadsRows {
+                    cfg: c,
+                    keys,
+                    timesteps: &self.ts,
+                    gamma: &gamma,
+                })
+            }
+            _ => None,
+        };
+        guided_eps_rows(
+            model,
+            x_t,
+            &self.t,
+            class,
+            cfg.guidance,
+            &guided,
+            rows.as_ref(),
+        )
+    }
+
+    /// Each row's transition Gaussian from its ε (no network call): DDPM posterior or DDIM(eta).
+    pub fn gaussian_from_eps(
+        &self,
+        cfg: &SamplerConfig,
+        x_t: &Tensor,
+        eps: &Tensor,
+    ) -> StepGaussian {
+        let dev = x_t.device();
+        let c = |f: &dyn Fn(f64, f64) -> f64| self.coef(dev, f);
+        let mut x0 = (x_t - eps * c(&|t, _| (1.0 - t).sqrt())) / c(&|t, _| t.sqrt());
+        if cfg.clip_x0 {
+            x0 = x0.clamp(-1.0, 1.0);
+        }
+        let (mean, var): (Tensor, Box<dyn Fn(f64, f64) -> f64>) = match cfg.kind {
+            SamplerKind::Ddpm => {
+                // β = 1 − ᾱ_t/ᾱ_s; posterior variance β (1 − ᾱ_s) / (1 − ᾱ_t).
+                let mean = &x0 * c(&|t, s| s.sqrt() * (1.0 - t / s) / (1.0 - t))
+                    + x_t * c(&|t, s| (t / s).sqrt() * (1.0 - s) / (1.0 - t));
+                (mean, Box::new(|t, s| (1.0 - t / s) * (1.0 - s) / (1.0 - t)))
+            }
+            SamplerKind::Ddim => {
+                let eta = cfg.eta;
+                let var = move |t: f64, s: f64| eta * eta * (1.0 - s) / (1.0 - t) * (1.0 - t / s);
+                // ε consistent with the (possibly clipped) x̂_0.
+                let eps_hat = (x_t - &x0 * c(&|t, _| t.sqrt())) / c(&|t, _| (1.0 - t).sqrt());
+                let mean = &x0 * c(&|_, s| s.sqrt())
+                    + eps_hat * c(&|t, s| (1.0 - s - var(t, s)).max(0.0).sqrt());
+                (mean, Box::new(var))
+            }
+        };
+        StepGaussian {
+            mean,
+            std: c(&|t, s| var(t, s).sqrt()),
+            log_norm: c(&|t, s| var(t, s).sqrt().ln() + 0.5 * (2.0 * std::f64::consts::PI).ln()),
+        }
+    }
+
+    /// Each row's transition Gaussian under `model` ([`Self::eps`], then
+    /// [`Self::gaussian_from_eps`]).
+    pub fn gaussian<M: EpsModel + ?Sized>(
+        &self,
+        model: &M,
+        cfg: &SamplerConfig,
+        x_t: &Tensor,
+        class: &Tensor,
+        keys: Option<&[u64]>,
+    ) -> Result<StepGaussian> {
+        let eps = self.eps(model, cfg, x_t, class, keys)?;
+        Ok(self.gaussian_from_eps(cfg, x_t, &eps))
+    }
+}
+
+/// The Gaussians `N(mean_i, std_i² I)` of a batch of reverse transitions.
 #[derive(Debug)]
 pub struct StepGaussian {
     pub mean: Tensor,
-    pub std: f64,
-    pub pred_x0: Tensor,
+    /// `[B, 1, 1, 1]`.
+    pub std: Tensor,
+    /// `ln σ_i + ½ ln 2π` (`[B, 1, 1, 1]`), computed in f64 before rounding.
+    log_norm: Tensor,
 }
 
-/// Computes the transition Gaussian from ε (no network call): DDPM posterior or DDIM(eta).
-pub fn step_gaussian(
-    sched: &NoiseSchedule,
-    cfg: &SamplerConfig,
-    x_t: &Tensor,
-    eps: &Tensor,
-    t: i64,
-    s: i64,
-) -> StepGaussian {
-    let a_t = sched.alpha_bar(t);
-    let a_s = sched.alpha_bar(s);
-    let mut x0 = (x_t - eps * (1.0 - a_t).sqrt()) / a_t.sqrt();
-    if cfg.clip_x0 {
-        x0 = x0.clamp(-1.0, 1.0);
+impl StepGaussian {
+    /// Gaussians with the given means and per-row standard deviations.
+    pub fn new(mean: Tensor, std: &[f64]) -> Self {
+        let dev = mean.device();
+        let col = |v: Vec<f32>| Tensor::from_slice(&v).to_device(dev).view([-1, 1, 1, 1]);
+        Self {
+            std: col(std.iter().map(|&s| s as f32).collect()),
+            log_norm: col(std
+                .iter()
+                .map(|&s| (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln()) as f32)
+                .collect()),
+            mean,
+        }
     }
-    match cfg.kind {
-        SamplerKind::Ddpm => {
-            let alpha = a_t / a_s;
-            let beta = 1.0 - alpha;
-            let var = beta * (1.0 - a_s) / (1.0 - a_t);
-            let mean = &x0 * (a_s.sqrt() * beta / (1.0 - a_t))
-                + x_t * (alpha.sqrt() * (1.0 - a_s) / (1.0 - a_t));
-            StepGaussian {
-                mean,
-                std: var.sqrt(),
-                pred_x0: x0,
-            }
-        }
-        SamplerKind::Ddim => {
-            let var = cfg.eta * cfg.eta * (1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s);
-            // ε consistent with the (possibly clipped) x̂_0.
-            let eps_hat = (x_t - &x0 * a_t.sqrt()) / (1.0 - a_t).sqrt();
-            let dir = (1.0 - a_s - var).max(0.0).sqrt();
-            let mean = &x0 * a_s.sqrt() + eps_hat * dir;
-            StepGaussian {
-                mean,
-                std: var.sqrt(),
-                pred_x0: x0,
-            }
-        }
+
+    /// `mean + std · noise`.
+    pub fn sample(&self, noise: &Tensor) -> Tensor {
+        &self.mean + noise * &self.std
+    }
+
+    /// `log N(x; mean, std² I)` of each row, reduced over all but the first dimension → `[B]`.
+    pub fn log_prob(&self, x: &Tensor, reduction: LogProbReduction) -> Tensor {
+        let z = (x - &self.mean) / &self.std;
+        reduce_rows(&(z.square() * -0.5 - &self.log_norm), reduction)
+    }
+
+    /// `KL(N(mean, std²) ‖ N(other_mean, std²))` of each row, reduced as the log-probabilities are.
+    pub fn kl_to(&self, other_mean: &Tensor, reduction: LogProbReduction) -> Tensor {
+        reduce_rows(
+            &(((&self.mean - other_mean) / &self.std).square() * 0.5),
+            reduction,
+        )
     }
 }
 
-/// log N(x; mean, std² I), reduced over all but the first dimension → `[B]`.
-pub fn gaussian_log_prob(
-    x: &Tensor,
-    mean: &Tensor,
-    std: f64,
-    reduction: LogProbReduction,
-) -> Tensor {
-    let z = (x - mean) / std;
-    let lp = z.square() * -0.5 - (std.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
-    let dims: Vec<i64> = (1..x.dim() as i64).collect();
+fn reduce_rows(v: &Tensor, reduction: LogProbReduction) -> Tensor {
+    let dims: Vec<i64> = (1..v.dim() as i64).collect();
     match reduction {
-        LogProbReduction::Mean => lp.mean_dim(dims.as_slice(), false, Kind::Float),
-        LogProbReduction::Sum => lp.sum_dim_intlist(dims.as_slice(), false, Kind::Float),
+        LogProbReduction::Mean => v.mean_dim(dims.as_slice(), false, Kind::Float),
+        LogProbReduction::Sum => v.sum_dim_intlist(dims.as_slice(), false, Kind::Float),
     }
 }
 
@@ -507,12 +656,11 @@ pub fn gaussian_log_prob(
 pub struct StepOutput {
     pub sample: Tensor,
     pub log_prob: Tensor,
-    pub mean: Tensor,
-    pub std: f64,
-    pub pred_x0: Tensor,
+    pub gaussian: StepGaussian,
 }
 
-/// One reverse step of the sampler viewed as a policy.
+/// One reverse step of the sampler viewed as a policy: [`Transitions`] with every row at the
+/// same timestep pair.
 pub struct ReverseStep<'a, M: EpsModel + ?Sized> {
     pub model: &'a M,
     pub sched: &'a NoiseSchedule,
@@ -520,8 +668,6 @@ pub struct ReverseStep<'a, M: EpsModel + ?Sized> {
 }
 
 impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
-    /// The step's Gaussian. `keys` are the samples' CADS keys ([`crate::cads::sample_keys`] of
-    /// their initial noise), needed only at steps where CADS perturbs the condition.
     fn gaussian(
         &self,
         x_t: &Tensor,
@@ -530,30 +676,8 @@ impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
         class: &Tensor,
         keys: Option<&[u64]>,
     ) -> Result<StepGaussian> {
-        let w = self.cfg.guidance_at(self.sched.alpha_bar(t));
-        let gamma = self.cfg.cads_gamma(t, self.sched.num_train_timesteps());
-        let eps = match &self.cfg.cads {
-            Some(cads) if gamma < 1.0 => {
-                let Some(keys) = keys else {
-                    bail!("a CADS step needs the samples' keys (use the *_keyed methods)");
-                };
-                let b = x_t.size()[0] as usize;
-                if keys.len() != b {
-                    bail!("{} CADS keys for {b} samples", keys.len());
-                }
-                let tt = Tensor::full([b as i64], t, (Kind::Int64, x_t.device()));
-                let (ts, gam) = (vec![t; b], vec![gamma; b]);
-                let rows = CadsRows {
-                    cfg: cads,
-                    keys,
-                    timesteps: &ts,
-                    gamma: &gam,
-                };
-                guided_eps_rows(self.model, x_t, &tt, class, w, &vec![true; b], Some(&rows))?
-            }
-            _ => guided_eps(self.model, x_t, t, class, w),
-        };
-        Ok(step_gaussian(self.sched, self.cfg, x_t, &eps, t, s))
+        let rows = Transitions::uniform(self.sched, t, s, x_t.size()[0] as usize, x_t.device());
+        rows.gaussian(self.model, self.cfg, x_t, class, keys)
     }
 
     /// Samples x_s = μ + σ·noise and returns it with its log-probability. Panics at a step
@@ -570,7 +694,8 @@ impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
             .expect("ReverseStep::sample at a CADS step")
     }
 
-    /// [`Self::sample`] with the samples' CADS keys.
+    /// [`Self::sample`] with the samples' CADS keys ([`crate::cads::sample_keys`] of their
+    /// initial noise), needed only at steps where CADS perturbs the condition.
     pub fn sample_keyed(
         &self,
         x_t: &Tensor,
@@ -580,15 +705,13 @@ impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
         noise: &Tensor,
         keys: Option<&[u64]>,
     ) -> Result<StepOutput> {
-        let g = self.gaussian(x_t, t, s, class, keys)?;
-        let sample = &g.mean + noise * g.std;
-        let log_prob = gaussian_log_prob(&sample, &g.mean, g.std, self.cfg.reduction);
+        let gaussian = self.gaussian(x_t, t, s, class, keys)?;
+        let sample = gaussian.sample(noise);
+        let log_prob = gaussian.log_prob(&sample, self.cfg.reduction);
         Ok(StepOutput {
             sample,
             log_prob,
-            mean: g.mean,
-            std: g.std,
-            pred_x0: g.pred_x0,
+            gaussian,
         })
     }
 
@@ -610,6 +733,6 @@ impl<M: EpsModel + ?Sized> ReverseStep<'_, M> {
         keys: Option<&[u64]>,
     ) -> Result<Tensor> {
         let g = self.gaussian(x_t, t, s, class, keys)?;
-        Ok(gaussian_log_prob(x_s, &g.mean, g.std, self.cfg.reduction))
+        Ok(g.log_prob(x_s, self.cfg.reduction))
     }
 }

@@ -11,11 +11,11 @@ use divrl::checkpoint::{load_model, BaseConfig, LoadedModel};
 use divrl::features::{Extracted, Extractor};
 use divrl::models::pixels::PixelExtractor;
 use divrl::models::unet::UNet;
-use divrl::rl::policy::{gaussian_log_prob_t, StepBatch};
+use divrl::rl::policy::StepBatch;
 use divrl::rl::ppo::clipped_loss;
 use divrl::rl::{FinetuneConfig, Finetuner};
 use divrl::sample::recompute_log_prob;
-use divrl::schedule::{LogProbReduction, NoiseSchedule, ScheduleConfig};
+use divrl::schedule::{LogProbReduction, NoiseSchedule, ScheduleConfig, StepGaussian};
 use divrl_reward::{Features, RewardKind};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -101,8 +101,8 @@ fn replayed_log_probs_match_and_first_ratio_is_one() {
     let samples: Vec<usize> = (0..b).collect();
     let steps: Vec<usize> = (0..b).map(|i| (i * 5) % traj.num_steps()).collect();
     let sb = StepBatch::gather(&ft.model.sched, traj, &samples, &steps);
-    let (mean, std) = tch::no_grad(|| sb.gaussian(&ft.model.unet, &traj.sampler));
-    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
+    let g = tch::no_grad(|| sb.gaussian(&ft.model.unet, &traj.sampler));
+    let lp = g.log_prob(&sb.x_s, traj.sampler.reduction);
     let old = sb.old_log_probs(traj);
     assert!(common::max_abs_diff(&lp, &old) < 1e-5);
     let k = 2;
@@ -169,8 +169,8 @@ fn every_lora_parameter_gets_a_gradient_and_the_base_none() {
     let samples: Vec<usize> = (0..b).collect();
     let steps: Vec<usize> = (0..b).map(|i| i % roll.traj.num_steps()).collect();
     let sb = StepBatch::gather(&ft.model.sched, &roll.traj, &samples, &steps);
-    let (mean, std) = sb.gaussian(&ft.model.unet, &roll.traj.sampler);
-    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, roll.traj.sampler.reduction);
+    let g = sb.gaussian(&ft.model.unet, &roll.traj.sampler);
+    let lp = g.log_prob(&sb.x_s, roll.traj.sampler.reduction);
     let a = Tensor::from_slice(&adv.iter().map(|&x| x as f32).collect::<Vec<_>>());
     clipped_loss(&lp, &sb.old_log_probs(&roll.traj), &a, 1.0)
         .loss
@@ -487,8 +487,8 @@ fn ppo_update_equals_a_hand_written_clipped_step() {
         for j in 0..n_t {
             let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
             let sb = StepBatch::gather(&hand.model.sched, &roll.traj, mb, &steps);
-            let (mean, std) = sb.gaussian(&hand.model.unet, sampler);
-            let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
+            let g = sb.gaussian(&hand.model.unet, sampler);
+            let lp = g.log_prob(&sb.x_s, sampler.reduction);
             let ratio = (lp - sb.old_log_probs(&roll.traj)).exp();
             let surrogate = (-&a * &ratio)
                 .maximum(&(-&a * ratio.clamp(1.0 - eps, 1.0 + eps)))
@@ -501,8 +501,8 @@ fn ppo_update_equals_a_hand_written_clipped_step() {
                     .mean(Kind::Float)
                     .double_value(&[])
             });
-            let (base_mean, _) = tch::no_grad(|| sb.gaussian(&base.unet, sampler));
-            let kl = ((&mean - base_mean) / &std)
+            let base_mean = tch::no_grad(|| sb.gaussian(&base.unet, sampler).mean);
+            let kl = ((&g.mean - base_mean) / &g.std)
                 .square()
                 .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
                 .mean(Kind::Float)
@@ -730,10 +730,9 @@ fn policy_steps_gate_the_adapters_to_the_first_steps() {
     let traj = &roll.traj;
     let b = roll.conditions.len();
     let samples: Vec<usize> = (0..b).collect();
-    let replay = |m: &dyn Fn(&StepBatch) -> (Tensor, Tensor), k: usize| {
+    let replay = |m: &dyn Fn(&StepBatch) -> StepGaussian, k: usize| {
         let sb = StepBatch::gather(&ft.model.sched, traj, &samples, &vec![k; b]);
-        let (mean, std) = tch::no_grad(|| m(&sb));
-        let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
+        let lp = tch::no_grad(|| m(&sb)).log_prob(&sb.x_s, traj.sampler.reduction);
         common::max_abs_diff(&lp, &sb.old_log_probs(traj))
     };
     let adapted = |sb: &StepBatch| sb.gaussian(&ft.model.unet, &traj.sampler);
@@ -755,8 +754,8 @@ fn policy_steps_gate_the_adapters_to_the_first_steps() {
         base: &base.unet,
         t_min,
     };
-    let (mean, std) = tch::no_grad(|| sb.gaussian(&gated, &traj.sampler));
-    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
+    let lp = tch::no_grad(|| sb.gaussian(&gated, &traj.sampler))
+        .log_prob(&sb.x_s, traj.sampler.reduction);
     assert!(common::max_abs_diff(&lp, &sb.old_log_probs(traj)) < 1e-5);
 
     let before = snapshot(ft.trainable());

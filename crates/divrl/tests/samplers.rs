@@ -4,7 +4,7 @@ mod common;
 
 use common::{max_abs_diff, tiny_unet};
 use divrl::cads::{condition_noise, diffusion_time, sample_keys, CadsConfig};
-use divrl::rl::policy::{gaussian_log_prob_t, StepBatch};
+use divrl::rl::policy::StepBatch;
 use divrl::sample::{recompute_log_prob, sample_trajectory, Trajectory};
 use divrl::schedule::{
     edm_sigma, EpsModel, GuidanceInterval, NoiseSchedule, SamplerConfig, SamplerKind,
@@ -240,8 +240,8 @@ fn max_replay_dev(
             (&[5usize, 3, 1][..], [steps[5], steps[3], steps[1]]),
         ] {
             let sb = StepBatch::gather(sched, traj, samples, &st);
-            let (mean, std) = tch::no_grad(|| sb.gaussian(unet, &traj.sampler));
-            let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, traj.sampler.reduction);
+            let g = tch::no_grad(|| sb.gaussian(unet, &traj.sampler));
+            let lp = g.log_prob(&sb.x_s, traj.sampler.reduction);
             worst = worst.max(max_abs_diff(&lp, &sb.old_log_probs(traj)));
         }
     }

@@ -255,7 +255,7 @@ fn ddim_steps_match_diffusers_scheduler() {
     use divrl::models::sd::pipeline::SdPolicy;
     use divrl::models::sd::scheduler::{SchedulerConfig, SdScheduler};
     use divrl::models::sd::tiny::sd15_scheduler_config;
-    use divrl::schedule::step_gaussian;
+    use divrl::schedule::Transitions;
     let cfg: SchedulerConfig = serde_json::from_value(sd15_scheduler_config()).unwrap();
     let s = SdScheduler::new(&cfg).unwrap();
     let e: BTreeMap<String, Tensor> =
@@ -269,15 +269,11 @@ fn ddim_steps_match_diffusers_scheduler() {
     assert_eq!(ts[4], -1);
     let sampler = SdPolicy::sampler(4, 1.0, 1.0);
     for i in 0..4 {
-        let g = step_gaussian(
-            &s.sched,
-            &sampler,
-            &e[&format!("x_{i}")],
-            &e[&format!("eps_{i}")],
-            ts[i],
-            ts[i + 1],
-        );
-        let prev = &g.mean + &e[&format!("noise_{i}")] * g.std;
+        let x = &e[&format!("x_{i}")];
+        let rows =
+            Transitions::uniform(&s.sched, ts[i], ts[i + 1], x.size()[0] as usize, x.device());
+        let g = rows.gaussian_from_eps(&sampler, x, &e[&format!("eps_{i}")]);
+        let prev = g.sample(&e[&format!("noise_{i}")]);
         let d = max_abs(&prev, &e[&format!("prev_{i}")]);
         eprintln!("ddim step {i}: max |Δ| = {d:.3e}");
         assert!(d < 1e-5, "step {i}: max |Δ| = {d}");

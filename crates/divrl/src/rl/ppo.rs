@@ -11,10 +11,10 @@ use tch::{Kind, Tensor};
 use crate::optim::AdamW;
 use crate::rng::SplitMix64;
 use crate::sample::Trajectory;
-use crate::schedule::{NoiseSchedule, SamplerConfig};
+use crate::schedule::{NoiseSchedule, SamplerConfig, StepGaussian};
 
 use super::config::FinetuneConfig;
-use super::policy::{gaussian_kl_t, gaussian_log_prob_t, StepBatch};
+use super::policy::StepBatch;
 
 /// The loss (differentiable) and its diagnostics.
 #[derive(Debug)]
@@ -78,9 +78,8 @@ pub struct PpoStats {
 /// What differs between the policies [`ppo_update`] trains: how the Gaussian of stored
 /// transitions is recomputed under the current weights.
 pub trait StepPolicy {
-    /// Mean and standard deviation (`[b, 1, 1, 1]`) of each transition of `sb`, differentiable
-    /// in the trained variables.
-    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor);
+    /// The Gaussian of each transition of `sb`, differentiable in the trained variables.
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> StepGaussian;
 
     /// Runs after every `backward()` of a minibatch loss: a policy with gradient checkpointing
     /// carries the gradient from its recorded outputs into its weights here.
@@ -152,14 +151,13 @@ pub fn ppo_update(
                 for j in 0..n_t {
                     let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
                     let sb = StepBatch::gather(replay.sched, traj, mb, &steps);
-                    let (mean, std) = replay.policy.gaussian(&sb, sampler);
-                    let lp = gaussian_log_prob_t(&sb.x_s, &mean, &std, sampler.reduction);
+                    let g = replay.policy.gaussian(&sb, sampler);
+                    let lp = g.log_prob(&sb.x_s, sampler.reduction);
                     let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
                     let mut loss = terms.loss;
                     if let Some(base) = replay.base {
-                        let (base_mean, _) = tch::no_grad(|| base.gaussian(&sb, sampler));
-                        let kl = gaussian_kl_t(&mean, &base_mean, &std, sampler.reduction)
-                            .mean(Kind::Float);
+                        let base_mean = tch::no_grad(|| base.gaussian(&sb, sampler).mean);
+                        let kl = g.kl_to(&base_mean, sampler.reduction).mean(Kind::Float);
                         st.kl_to_base += kl.double_value(&[]);
                         loss += kl * cfg.kl_coef;
                     }
@@ -226,13 +224,14 @@ mod tests {
         }
     }
 
-    fn half(b: i64) -> Tensor {
-        Tensor::full([b, 1, 1, 1], 0.5, (Kind::Float, Device::Cpu))
+    fn half(mean: Tensor) -> StepGaussian {
+        let b = mean.size()[0] as usize;
+        StepGaussian::new(mean, &vec![0.5; b])
     }
 
     impl StepPolicy for Scaled {
-        fn gaussian(&self, sb: &StepBatch, _: &SamplerConfig) -> (Tensor, Tensor) {
-            (&sb.x_t * &self.w, half(sb.x_t.size()[0]))
+        fn gaussian(&self, sb: &StepBatch, _: &SamplerConfig) -> StepGaussian {
+            half(&sb.x_t * &self.w)
         }
         fn finish_backward(&self) -> Result<()> {
             if !self.w.grad().defined() {
@@ -251,12 +250,7 @@ mod tests {
         let (mut latents, mut log_probs) = (vec![x.shallow_clone()], Vec::new());
         for _ in 0..k {
             let next = &x + rng.randn(&[b, 1, 2, 2], Device::Cpu) * 0.5;
-            log_probs.push(gaussian_log_prob_t(
-                &next,
-                &x,
-                &half(b),
-                LogProbReduction::Mean,
-            ));
+            log_probs.push(half(x.shallow_clone()).log_prob(&next, LogProbReduction::Mean));
             x = next;
             latents.push(x.shallow_clone());
         }

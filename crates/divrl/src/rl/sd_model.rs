@@ -20,7 +20,7 @@ use crate::models::sd::lora_diffusers::export_peft;
 use crate::models::sd::pipeline::SdPolicy;
 use crate::models::sd::StableDiffusion;
 use crate::sample::Trajectory;
-use crate::schedule::SamplerConfig;
+use crate::schedule::{SamplerConfig, StepGaussian};
 
 use super::config::FinetuneConfig;
 use super::model::PolicyModel;
@@ -182,7 +182,7 @@ impl PolicyModel for SdModel {
 /// The Stable Diffusion policy replays a transition like the sampler, and with gradient
 /// checkpointing finishes each backward pass through the recorded UNet stages.
 impl StepPolicy for SdPolicy<'_> {
-    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> StepGaussian {
         sb.gaussian(self, sampler)
     }
 

@@ -6,7 +6,7 @@ use anyhow::Result;
 use tch::{Device, Tensor};
 
 use crate::models::unet::UNet;
-use crate::schedule::{EpsModel, SamplerConfig};
+use crate::schedule::{EpsModel, SamplerConfig, StepGaussian};
 
 use super::policy::StepBatch;
 use super::ppo::StepPolicy;
@@ -86,7 +86,7 @@ impl EpsModel for StepGated<'_> {
 }
 
 impl StepPolicy for StepGated<'_> {
-    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> StepGaussian {
         sb.gaussian(self, sampler)
     }
 }

@@ -352,13 +352,8 @@ impl<P: PolicyModel> Trainer<P> {
                         let samples: Vec<usize> = (start..(start + chunk).min(n)).collect();
                         let steps = vec![step; samples.len()];
                         let sb = StepBatch::gather(replay.sched, traj, &samples, &steps);
-                        let (mean, std) = StepPolicy::gaussian(replay.policy, &sb, sampler);
-                        let lp = super::policy::gaussian_log_prob_t(
-                            &sb.x_s,
-                            &mean,
-                            &std,
-                            sampler.reduction,
-                        );
+                        let lp = StepPolicy::gaussian(replay.policy, &sb, sampler)
+                            .log_prob(&sb.x_s, sampler.reduction);
                         let d = (lp - sb.old_log_probs(traj)).to_kind(Kind::Double);
                         let d: Vec<f64> = Vec::<f64>::try_from(&d.to_device(Device::Cpu))?;
                         for (&i, v) in samples.iter().zip(d) {

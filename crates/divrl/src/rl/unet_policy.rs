@@ -13,7 +13,7 @@ use crate::config::{write_safetensors_atomic, write_toml};
 use crate::models::unet::UNet;
 use crate::optim::copy_vars;
 use crate::sample::{sample_trajectory, Trajectory};
-use crate::schedule::{EpsModel, NoiseSchedule, SamplerConfig};
+use crate::schedule::{EpsModel, NoiseSchedule, SamplerConfig, StepGaussian};
 
 use super::config::FinetuneConfig;
 use super::model::PolicyModel;
@@ -51,7 +51,7 @@ pub struct UnetPolicy {
 /// The class-conditional UNet replays a transition with the batched guided ε of
 /// [`StepBatch::gaussian`].
 impl StepPolicy for UNet {
-    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> (Tensor, Tensor) {
+    fn gaussian(&self, sb: &StepBatch, sampler: &SamplerConfig) -> StepGaussian {
         sb.gaussian(self, sampler)
     }
 }
