@@ -20,16 +20,11 @@ pub fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
 
 /// A progress bar (hidden without `progress`) with divrl's style.
 pub fn progress_bar(len: u64, progress: bool, what: &str) -> indicatif::ProgressBar {
-    let pb = if progress {
-        indicatif::ProgressBar::new(len)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
+    divrl::progress::bar(
+        len,
+        progress,
+        &format!(
             "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, ETA {{eta}})"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
+        ),
+    )
 }

@@ -349,16 +349,10 @@ pub fn extract(
     } else {
         batch
     } as i64;
-    let pb = if show_progress {
-        indicatif::ProgressBar::new(n as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {pos}/{len} images ({per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let pb = crate::progress::bar(
+        n as u64,
+        show_progress,
+        "{spinner} {msg} [{bar:30}] {pos}/{len} images ({per_sec}, {eta})",
     );
     pb.set_message(format!("features ({})", ext.name()));
     let mut feats = Vec::new();

@@ -30,6 +30,7 @@ pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod paths;
+pub mod progress;
 pub mod rl;
 pub mod rng;
 pub mod run_lock;

@@ -232,16 +232,10 @@ pub fn run(trainer: &mut Trainer, data: &Dataset, opts: RunOptions) -> Result<()
         );
         return Ok(());
     }
-    let pb = if opts.progress {
-        indicatif::ProgressBar::new(tc.steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
+    let pb = crate::progress::bar(
+        tc.steps as u64,
+        opts.progress,
+        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
     );
     pb.set_position(start as u64);
     let sampler = SamplerConfig::default();

@@ -403,16 +403,10 @@ pub fn train_classifier(
             t.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
         }
     };
-    let pb = if progress.show_bar {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} epoch {msg} [{bar:30}] {pos}/{len} steps ({eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let pb = crate::progress::bar(
+        total as u64,
+        progress.show_bar,
+        "{spinner} epoch {msg} [{bar:30}] {pos}/{len} steps ({eta})",
     );
     let start = Instant::now();
     let mut rng = SplitMix64(t.seed ^ 0xC1A5_51F1);

@@ -536,16 +536,10 @@ impl<P: PolicyModel> Trainer<P> {
     /// exports the result. Returns the evaluation reports (before, ..., after).
     pub fn run(&mut self, progress: bool) -> Result<Vec<(usize, EvalReport)>> {
         let len = self.cfg.epochs + planned_evals(&self.cfg);
-        let pb = if progress {
-            indicatif::ProgressBar::new(len as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} finetune [{bar:30}] {pos}/{len} epochs + evaluations {msg} ({elapsed}, ETA {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        let pb = crate::progress::bar(
+            len as u64,
+            progress,
+            "{spinner} finetune [{bar:30}] {pos}/{len} epochs + evaluations {msg} ({elapsed}, ETA {eta})",
         );
         pb.set_position(self.epoch as u64);
         let evals = self.run_with(&pb, !progress, &mut |_, _, _| Ok(()))?;
