@@ -147,13 +147,19 @@ impl LoraLinear {
         }
     }
 
-    /// Folds the adapter into the base weight (`W += (α/r)·B·A`) and removes it.
+    /// Folds the adapter into the base weight ([`merged_weight`]) and removes it.
     pub fn merge(&mut self) {
         if let Some(l) = self.lora.take() {
             tch::no_grad(|| {
-                let delta = l.b.matmul(&l.a) * l.scale;
-                let _ = self.ws.f_add_(&delta.to_kind(self.ws.kind()));
+                let w = merged_weight(&self.ws, &l.a, &l.b, l.scale);
+                self.ws.copy_(&w);
             });
         }
     }
+}
+
+/// `W + scale·B·A` in `W`'s dtype: the base weight with a LoRA adapter folded in (what
+/// [`LoraLinear::merge`] and the fine-tuning export both write).
+pub fn merged_weight(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Tensor {
+    w + (b.matmul(a) * scale).to_kind(w.kind())
 }

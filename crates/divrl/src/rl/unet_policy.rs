@@ -11,6 +11,7 @@ use tch::{nn::VarStore, Device, Tensor};
 use crate::checkpoint::{BaseConfig, LoadedModel, CONFIG_FILE, EMA_FILE};
 use crate::config::{write_safetensors_atomic, write_toml};
 use crate::models::unet::UNet;
+use crate::nn::lora::merged_weight;
 use crate::optim::copy_vars;
 use crate::sample::{sample_trajectory, Trajectory};
 use crate::schedule::{EpsModel, NoiseSchedule, SamplerConfig, StepGaussian};
@@ -231,7 +232,7 @@ impl PolicyModel for UnetPolicy {
                     let w = merged
                         .get_mut(&format!("{prefix}.weight"))
                         .with_context(|| format!("LoRA {prefix} has no base weight"))?;
-                    *w = &*w + b.matmul(a) * scale;
+                    *w = merged_weight(w, a, b, scale);
                 }
                 Ok(())
             })?;
