@@ -194,3 +194,46 @@ fn finetune_rollouts_with_cads_and_interval_replay_on_policy() {
         "{cfg}"
     );
 }
+
+/// A run with `--policy-steps` writes no merged checkpoint; `divrl sample --adapters RUN` draws
+/// from it on its base (the adapters on the first steps' noise levels only), and a folder that
+/// is not a run is one clear error.
+#[test]
+fn sample_draws_from_a_policy_steps_run_with_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = write_tiny_data(d, 300);
+    let base = tiny_base(d, &data);
+    let out = d.join("run");
+    run_ok(
+        divrl()
+            .args(["finetune", "--base", s(&base), "--data", &data])
+            .args(["--out", s(&out), "--extractor", "pixels"])
+            .args(["--ref-per-class", "8", "--images-per-class", "4"])
+            .args(["--steps", "4", "--guidance", "3", "--policy-steps", "2"])
+            .args(["--epochs", "2", "--lr", "0.05", "--sample-every", "0"])
+            .args(["--device", "cpu", "--threads", "1", "--no-progress"]),
+    );
+    assert!(out.join("lora.safetensors").exists() && !out.join("merged").exists());
+    let (plain, adapted) = (d.join("plain.npy"), d.join("adapted.npy"));
+    run_ok(&mut sample(&base, &["--npy", s(&plain), "--seed", "2"]));
+    let (_, err) = run_ok(&mut sample(
+        &base,
+        &["--npy", s(&adapted), "--seed", "2", "--adapters", s(&out)],
+    ));
+    assert!(
+        err.contains("adapters of") && err.contains("first 2 steps"),
+        "{err}"
+    );
+    assert_ne!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&adapted).unwrap(),
+        "the adapters must change the samples"
+    );
+    let e = run_err(&mut sample(
+        &base,
+        &["--npy", s(&d.join("never.npy")), "--adapters", s(&base)],
+    ));
+    assert!(e.contains("not a fine-tuning run"), "{e}");
+    assert!(!d.join("never.npy").exists());
+}

@@ -288,6 +288,78 @@ fn merged_export_equals_the_adapted_model() {
     );
 }
 
+/// `divrl sample --adapters RUN` draws from the policy the run trained: with `policy_steps` the
+/// adapted ε at the noise levels of the run's first steps and the base's below them; without,
+/// the same ε as the run's merged checkpoint.
+#[test]
+fn a_runs_adapters_on_its_base_are_the_trained_policy() {
+    use divrl::checkpoint::{CONFIG_FILE, EMA_FILE};
+    use divrl::rl::AdaptedModel;
+    use divrl::schedule::EpsModel;
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = dir.path().join("base");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let base = tiny_model(21);
+    divrl::config::write_toml(&base_dir.join(CONFIG_FILE), &base.config).unwrap();
+    let vars: Vec<(String, Tensor)> = base.vs.variables().into_iter().collect();
+    divrl::config::write_safetensors_atomic(&base_dir.join(EMA_FILE), &vars).unwrap();
+    let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let c = Tensor::from_slice(&[0i64, 1, 3, 2]);
+    let eps = |m: &dyn EpsModel, t: i64| {
+        tch::no_grad(|| m.eps(&x, &Tensor::full([4], t, (Kind::Int64, Device::Cpu)), &c))
+    };
+    for policy_steps in [2usize, 0] {
+        let run = dir.path().join(format!("run-{policy_steps}"));
+        let mut cfg = tiny_run_cfg(&run);
+        cfg.epochs = 2;
+        cfg.lr = 1e-2;
+        cfg.policy_steps = policy_steps;
+        let mut ft = Finetuner::new(
+            cfg.clone(),
+            tiny_model(21),
+            pixels(),
+            two_mode_refs(64, 3),
+            None,
+        )
+        .unwrap();
+        ft.run(false).unwrap();
+        let a = AdaptedModel::load(&base_dir, &run, Device::Cpu, true).unwrap();
+        assert_eq!(a.policy_steps, policy_steps);
+        let ts = ft.model.sched.sampling_timesteps(cfg.steps).unwrap();
+        if policy_steps > 0 {
+            let t_min = ts[policy_steps - 1];
+            assert_eq!(a.gate_t_min(), Some(t_min));
+            for t in [ts[0], t_min] {
+                assert_eq!(
+                    common::max_abs_diff(&eps(&a, t), &eps(&ft.model.unet, t)),
+                    0.0
+                );
+                assert!(
+                    common::max_abs_diff(&eps(&a, t), &eps(&base.unet, t)) > 1e-6,
+                    "adapters moved"
+                );
+            }
+            for t in [ts[policy_steps], 1] {
+                assert_eq!(common::max_abs_diff(&eps(&a, t), &eps(&base.unet, t)), 0.0);
+            }
+        } else {
+            assert_eq!(a.gate_t_min(), None);
+            let merged = load_model(&run.join("merged"), Device::Cpu, true).unwrap();
+            for t in [ts[0], ts[3], 1] {
+                assert!(common::max_abs_diff(&eps(&a, t), &eps(&merged.unet, t)) < 1e-4);
+                assert!(common::max_abs_diff(&eps(&a, t), &eps(&base.unet, t)) > 1e-6);
+            }
+        }
+    }
+    let err = AdaptedModel::load(&base_dir, &base_dir, Device::Cpu, true)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("not a fine-tuning run"),
+        "{err:#}"
+    );
+}
+
 /// Mean intensity as a 1-d ϕ: the references sit in two modes (dark, bright).
 struct MeanIntensity;
 impl Extractor for MeanIntensity {

@@ -13,6 +13,11 @@ pub struct Args {
     /// Checkpoint folder (config.toml + ema.safetensors), e.g. models/fashion-mnist-base
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// A finished `divrl finetune` run folder whose LoRA adapters (lora.safetensors, lora.toml)
+    /// go onto --checkpoint (the run's base). A run with policy_steps adapts only the noise
+    /// levels of its first policy_steps steps, as in training (such runs write no merged/)
+    #[arg(long, value_name = "RUN")]
+    pub adapters: Option<PathBuf>,
     /// Class indices, comma-separated, or "all" (one grid row per class)
     #[arg(long, default_value = "all")]
     pub class: String,
@@ -133,6 +138,30 @@ impl DiversityOpts {
     }
 }
 
+/// What `divrl sample` draws from: a base checkpoint, or one with a run's adapters (one value
+/// per process, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Base(divrl::checkpoint::LoadedModel),
+    Adapted(divrl::rl::AdaptedModel),
+}
+
+impl Source {
+    fn model(&self) -> &divrl::checkpoint::LoadedModel {
+        match self {
+            Self::Base(m) => m,
+            Self::Adapted(a) => &a.model,
+        }
+    }
+
+    fn eps(&self) -> &dyn divrl::schedule::EpsModel {
+        match self {
+            Self::Base(m) => &m.unet,
+            Self::Adapted(a) => a,
+        }
+    }
+}
+
 fn check_ext(flag: &str, p: &std::path::Path, ext: &str) -> anyhow::Result<()> {
     if p.extension()
         .map(|e| !e.eq_ignore_ascii_case(ext))
@@ -178,7 +207,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cads,
     };
     sampler.validate()?;
-    let model = divrl::checkpoint::load_model(&args.checkpoint, device, !args.raw_weights)?;
+    let source = match &args.adapters {
+        Some(run) => Source::Adapted(divrl::rl::AdaptedModel::load(
+            &args.checkpoint,
+            run,
+            device,
+            !args.raw_weights,
+        )?),
+        None => Source::Base(divrl::checkpoint::load_model(
+            &args.checkpoint,
+            device,
+            !args.raw_weights,
+        )?),
+    };
+    let model = source.model();
     let k = model.config.model.num_classes;
     let classes: Vec<i64> = if args.class.trim() == "all" {
         (0..k).collect()
@@ -207,7 +249,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let m = &model.config.model;
     let t0 = std::time::Instant::now();
     let traj = divrl::sample::sample_trajectory(
-        &model.unet,
+        source.eps(),
         &model.sched,
         &sampler,
         &y,
@@ -244,8 +286,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = &args.trajectory {
         traj.save(p)?;
     }
+    let with = match (&args.adapters, &source) {
+        (Some(run), Source::Adapted(a)) if a.policy_steps > 0 => format!(
+            ", adapters of {} at t >= {} (its first {} steps)",
+            run.display(),
+            a.gate_t_min().unwrap_or(0),
+            a.policy_steps
+        ),
+        (Some(run), _) => format!(", adapters of {}", run.display()),
+        _ => String::new(),
+    };
     eprintln!(
-        "{} images, {} {} steps, guidance {}{}, in {:.2} s ({:.1} img/s) on {} -> {}",
+        "{} images, {} {} steps, guidance {}{}{with}, in {:.2} s ({:.1} img/s) on {} -> {}",
         labels.len(),
         args.steps,
         format!("{:?}", args.sampler).to_lowercase(),

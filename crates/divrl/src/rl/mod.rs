@@ -14,12 +14,14 @@
 //!   [`SdFinetuner`] name its two instances), evaluation and exports.
 //! - [`evaluator`]: held-out evaluation of any policy (fixed noise, ϕ, an independent space,
 //!   pixels, the attribute oracle).
-//! - [`step_gate`]: adapters on the first `policy_steps` sampling steps only, the base after.
+//! - [`step_gate`]: adapters on the first `policy_steps` sampling steps only, the base after;
+//!   [`adapted`]: a finished run's adapters on its base, for sampling.
 //! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning;
 //!   [`run_log`]: the log's records and their reader.
 //! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
 //!   evaluation set).
 //! - [`presets`]: the demo's and the experiments' fine-tuning settings.
+pub mod adapted;
 pub mod advantage;
 pub mod config;
 pub mod evaluator;
@@ -35,6 +37,7 @@ pub mod step_gate;
 pub mod trainer;
 pub mod unet_policy;
 
+pub use adapted::AdaptedModel;
 pub use config::FinetuneConfig;
 pub use evaluator::{EvalSet, Evaluator};
 pub use model::PolicyModel;
