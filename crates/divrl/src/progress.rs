@@ -1,13 +1,13 @@
 //! divrl's progress bars: one constructor; each caller gives its line's template.
 
-/// A bar of `len` steps drawn with `template` (indicatif's syntax), or a hidden one when `show`
-/// is false (logs then carry the progress). A template indicatif rejects falls back to its
+/// A bar of `len` steps drawn with `template` (indicatif's syntax), or a hidden one of the same
+/// length when `show` is false (logs then carry the progress). A template indicatif rejects falls back to its
 /// default bar rather than failing a run.
 pub fn bar(len: u64, show: bool, template: &str) -> indicatif::ProgressBar {
     let pb = if show {
         indicatif::ProgressBar::new(len)
     } else {
-        indicatif::ProgressBar::hidden()
+        indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden())
     };
     pb.set_style(
         indicatif::ProgressStyle::with_template(template)
