@@ -4,13 +4,15 @@
 //!   skewed-attribute variant and its oracle.
 //! - [`models::unet`]: a class-conditional UNet with LoRA-wrappable attention ([`nn::lora`]).
 //! - [`schedule`]: noise schedules and reverse steps (DDPM, DDIM) with log-probabilities, guidance
-//!   in a limited noise interval; [`cads`]: condition-annealed sampling.
+//!   in a limited noise interval, one batched transition for sampling and PPO replay
+//!   ([`schedule::Transitions`]); [`cads`]: condition-annealed sampling.
 //! - [`sample`]: trajectories (stored, replayed) and PNG grids; [`export`]: images as PNG files
 //!   or one `.npy`.
 //! - [`train`]: DDPM base training; [`checkpoint`]: loading.
 //! - [`features`]: feature extractors ϕ, image sources, the feature cache; [`imageops`] and
 //!   [`paths`]: the image conversions and weight locations the networks share.
-//! - [`run_lock`]: one process per run folder, and removal of what killed runs left behind.
+//! - [`run_lock`]: one process per run folder, and removal of what killed runs left behind;
+//!   [`progress`]: the progress bars.
 //! - [`rl`]: diversity-oriented RL fine-tuning (Algorithm 1) over any diffusion policy;
 //!   [`eval`]: held-out metrics; [`audit`]: can ϕ and the reward see an attribute?
 //!
