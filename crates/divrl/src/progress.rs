@@ -1,8 +1,8 @@
 //! divrl's progress bars: one constructor; each caller gives its line's template.
 
 /// A bar of `len` steps drawn with `template` (indicatif's syntax), or a hidden one of the same
-/// length when `show` is false (logs then carry the progress). A template indicatif rejects falls back to its
-/// default bar rather than failing a run.
+/// length when `show` is false (logs then carry the progress). A template indicatif rejects
+/// falls back to its default bar rather than failing a run.
 pub fn bar(len: u64, show: bool, template: &str) -> indicatif::ProgressBar {
     let pb = if show {
         indicatif::ProgressBar::new(len)

@@ -466,11 +466,6 @@ impl Transitions {
         Self::new(sched, vec![t; rows], &vec![s; rows], device)
     }
 
-    /// The rows' timesteps t_i (`[B]`).
-    pub fn timesteps(&self) -> &Tensor {
-        &self.t
-    }
-
     /// Whether CADS perturbs the condition of some row (then [`Self::eps`] needs the keys).
     pub fn needs_cads_keys(&self, cfg: &SamplerConfig) -> bool {
         cfg.cads.is_some() && self.gamma(cfg).iter().any(|&g| g < 1.0)

@@ -286,14 +286,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = &args.trajectory {
         traj.save(p)?;
     }
-    let with = match (&args.adapters, &source) {
-        (Some(run), Source::Adapted(a)) if a.policy_steps > 0 => format!(
-            ", adapters of {} at t >= {} (its first {} steps)",
-            run.display(),
-            a.gate_t_min().unwrap_or(0),
-            a.policy_steps
-        ),
-        (Some(run), _) => format!(", adapters of {}", run.display()),
+    let with = match (&source, &args.adapters) {
+        (Source::Adapted(a), Some(run)) => match a.gate_t_min() {
+            Some(t_min) => format!(
+                ", adapters of {} at t >= {t_min} (its first {} steps)",
+                run.display(),
+                a.policy_steps
+            ),
+            None => format!(", adapters of {}", run.display()),
+        },
         _ => String::new(),
     };
     eprintln!(

@@ -12,10 +12,11 @@ use crate::checkpoint::{load_model, load_vars, LoadedModel, CONFIG_FILE};
 use crate::config::read_toml;
 use crate::models::unet::UNet;
 use crate::nn::lora::LoraConfig;
+use crate::optim::copy_vars;
 use crate::schedule::EpsModel;
 
 use super::config::FinetuneConfig;
-use super::step_gate::StepGated;
+use super::step_gate::{gate_t_min, StepGated};
 use super::unet_policy::{LORA_CONFIG_FILE, LORA_FILE};
 
 /// A base UNet with a run's adapters, and the frozen base where the adapters stop acting.
@@ -52,18 +53,21 @@ impl AdaptedModel {
             );
         }
         let mut model = load_model(base, device, ema)?;
+        let gate = match gate_t_min(&model.sched, cfg.steps, cfg.policy_steps)? {
+            None => None,
+            Some(t_min) => {
+                // The frozen base: a copy of the weights just loaded, before the adapters.
+                let mut fvs = VarStore::new(device);
+                let frozen = UNet::new(&fvs.root(), &model.config.model)?;
+                copy_vars(&fvs, &model.vs)?;
+                fvs.freeze();
+                Some((fvs, frozen, t_min))
+            }
+        };
         let mut adapters = VarStore::new(device);
         model.unet.add_lora(&adapters.root(), &lora)?;
         load_vars(&mut adapters, &run.join(LORA_FILE))
             .with_context(|| format!("adapters of {} on base {}", run.display(), base.display()))?;
-        let gate = match cfg.policy_steps {
-            0 => None,
-            p => {
-                let t_min = model.sched.sampling_timesteps(cfg.steps)?[p - 1];
-                let frozen = load_model(base, device, ema)?;
-                Some((frozen.vs, frozen.unet, t_min))
-            }
-        };
         Ok(Self {
             model,
             _adapters: adapters,

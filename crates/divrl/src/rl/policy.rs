@@ -58,11 +58,6 @@ impl StepBatch {
         }
     }
 
-    /// The rows' timesteps (`[b]`).
-    pub fn t(&self) -> &Tensor {
-        self.rows.timesteps()
-    }
-
     /// The stored (sampling-time) log-probabilities of these transitions.
     pub fn old_log_probs(&self, traj: &Trajectory) -> Tensor {
         traj.log_probs

@@ -6,10 +6,19 @@ use anyhow::Result;
 use tch::{Device, Tensor};
 
 use crate::models::unet::UNet;
-use crate::schedule::{EpsModel, SamplerConfig, StepGaussian};
+use crate::schedule::{EpsModel, NoiseSchedule, SamplerConfig, StepGaussian};
 
 use super::policy::StepBatch;
 use super::ppo::StepPolicy;
+
+/// The lowest timestep at which adapters act on the first `policy_steps` of `steps` sampling
+/// steps (`None` for `policy_steps = 0`: every step).
+pub fn gate_t_min(sched: &NoiseSchedule, steps: usize, policy_steps: usize) -> Result<Option<i64>> {
+    Ok(match policy_steps {
+        0 => None,
+        p => Some(sched.sampling_timesteps(steps)?[p - 1]),
+    })
+}
 
 /// ε of `policy` at timesteps `>= t_min`, of `base` below.
 pub struct StepGated<'a> {

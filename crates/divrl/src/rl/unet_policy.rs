@@ -20,7 +20,7 @@ use super::config::FinetuneConfig;
 use super::model::PolicyModel;
 use super::policy::StepBatch;
 use super::ppo::{Replay, StepPolicy};
-use super::step_gate::StepGated;
+use super::step_gate::{gate_t_min, StepGated};
 
 /// A policy's ε for the sampler ([`EpsModel`]) and for the PPO replay ([`StepPolicy`]).
 trait StepPolicyEps: EpsModel + StepPolicy {}
@@ -68,10 +68,7 @@ impl UnetPolicy {
             config: base_config,
         } = model;
         let device = vs.device();
-        let gate_t_min = match cfg.policy_steps {
-            0 => None,
-            p => Some(sched.sampling_timesteps(cfg.steps)?[p - 1]),
-        };
+        let gate_t_min = gate_t_min(&sched, cfg.steps, cfg.policy_steps)?;
         let ref_model = if cfg.kl_coef > 0.0 || gate_t_min.is_some() {
             let mut rvs = VarStore::new(device);
             let runet = UNet::new(&rvs.root(), &base_config.model)?;
