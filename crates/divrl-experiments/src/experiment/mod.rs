@@ -182,13 +182,7 @@ pub fn apply_overlay(cfg: FinetuneConfig, overlay: Option<&toml::Table>) -> Resu
     let Some(o) = overlay else {
         return Ok(cfg);
     };
-    let mut v = toml::Table::try_from(&cfg)?;
-    for (k, val) in o {
-        v.insert(k.clone(), val.clone());
-    }
-    let c: FinetuneConfig = toml::Value::Table(v)
-        .try_into()
-        .context("bad config overlay")?;
+    let c = cfg.overlaid(o).context("bad config overlay")?;
     c.validate()?;
     Ok(c)
 }

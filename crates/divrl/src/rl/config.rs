@@ -563,14 +563,19 @@ impl FinetuneConfig {
                 .to_string(),
         };
         table.insert("model".into(), toml::Value::String(model.clone()));
-        let base = Self::defaults_for(&model)?;
-        let mut merged: toml::Table = toml::Table::try_from(&base)?;
-        for (k, v) in table {
-            merged.insert(k, v);
-        }
-        merged
-            .try_into()
+        Self::defaults_for(&model)?
+            .overlaid(&table)
             .with_context(|| format!("{}: bad run configuration", path.display()))
+    }
+
+    /// This config with the entries of `overlay` (a TOML table of fields) laid over it; an
+    /// unknown key or a value of the wrong type is an error. Not validated.
+    pub fn overlaid(&self, overlay: &toml::Table) -> Result<Self> {
+        let mut merged = toml::Table::try_from(self)?;
+        for (k, v) in overlay {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged.try_into()?)
     }
 
     pub fn reward_spec(&self) -> RewardSpec {
