@@ -358,6 +358,19 @@ fn a_runs_adapters_on_its_base_are_the_trained_policy() {
         format!("{err:#}").contains("not a fine-tuning run"),
         "{err:#}"
     );
+    // A full fine-tuning run has merged/ and no adapters: the error points at merged/.
+    let full = dir.path().join("run-0");
+    std::fs::remove_file(full.join("lora.safetensors")).unwrap();
+    let err = AdaptedModel::load(&base_dir, &full, Device::Cpu, true)
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("a full fine-tuning run")
+            && msg.contains("--checkpoint")
+            && msg.contains("merged"),
+        "{msg}"
+    );
 }
 
 /// Mean intensity as a 1-d ϕ: the references sit in two modes (dark, bright).

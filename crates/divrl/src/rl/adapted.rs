@@ -36,6 +36,14 @@ impl AdaptedModel {
     pub fn load(base: &Path, run: &Path, device: Device, ema: bool) -> Result<Self> {
         let what = |f: &str| format!("--adapters {}: {f}", run.display());
         if !run.join(LORA_FILE).is_file() {
+            let merged = run.join(super::unet_policy::MERGED_DIR);
+            if merged.join("config.toml").is_file() {
+                bail!(
+                    "{}: no {LORA_FILE}, it trained every weight; sample its merged checkpoint with --checkpoint {}",
+                    what("a full fine-tuning run"),
+                    merged.display()
+                );
+            }
             bail!(
                 "{}: no {LORA_FILE} (a finished LoRA fine-tuning run folder holds it)",
                 what("not a fine-tuning run")
