@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Runs the numerics-heavy tests of the `divrl` crate under every libtorch CPU kernel level and
-# 1 and 2 threads, to find tests that hold on one CPU but not another (issue 15). Run it before a
-# release; it prints one line per (capability, threads) and a summary of the tests that failed
-# anywhere.
+# Runs the whole Rust test suite under every libtorch CPU kernel level and 1 and 2 threads, to
+# find tests that hold on one CPU but not another (issue 15). Run it before a release; it prints
+# one line per (capability, threads) and a summary of the tests that failed anywhere.
 #
-#   bash scripts/cpu-sweep.sh                 # policy finetune sd_pipeline model train
+#   bash scripts/cpu-sweep.sh                 # every test of the workspace
 #   bash scripts/cpu-sweep.sh model train     # only these test files of crates/divrl/tests
 #   CPU_SWEEP_CAPS="default avx2" CPU_SWEEP_THREADS="1" bash scripts/cpu-sweep.sh
 #
@@ -18,30 +17,32 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
 
 tests=("$@")
-if [ ${#tests[@]} -eq 0 ]; then
-    tests=(policy finetune sd_pipeline model train)
-fi
 native="$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
 caps="${CPU_SWEEP_CAPS:-default avx2 $native}"
 threads="${CPU_SWEEP_THREADS:-1 2}"
 # De-duplicate (native may be avx2).
 caps="$(printf '%s\n' $caps | awk '!seen[$0]++' | tr '\n' ' ')"
 
-test_args=()
+test_args=(--workspace)
+what="the whole workspace"
+if [ ${#tests[@]} -gt 0 ]; then
+    test_args=(-p divrl)
+    what="crates/divrl/tests: ${tests[*]}"
+fi
 for t in "${tests[@]}"; do
     test_args+=(--test "$t")
 done
-nice -n 19 cargo build --release -p divrl --tests >/dev/null
+nice -n 19 cargo build --release --tests "${test_args[@]}" >/dev/null
 
 log_dir="$(mktemp -d)"
 failures=()
-echo "native CPU capability: $native; sweeping capabilities [$caps] x threads [$threads] over: ${tests[*]}"
+echo "native CPU capability: $native; sweeping capabilities [$caps] x threads [$threads] over $what"
 for cap in $caps; do
     for t in $threads; do
         log="$log_dir/$cap-$t.log"
         start=$(date +%s)
         if ATEN_CPU_CAPABILITY="$cap" OMP_NUM_THREADS="$t" MKL_NUM_THREADS="$t" \
-            nice -n 19 cargo test --release --no-fail-fast -p divrl "${test_args[@]}" >"$log" 2>&1; then
+            nice -n 19 cargo test --release --no-fail-fast "${test_args[@]}" >"$log" 2>&1; then
             status=ok
         else
             status=FAILED
