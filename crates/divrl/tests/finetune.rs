@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use common::tiny_cfg;
 use divrl::checkpoint::{load_model, BaseConfig, LoadedModel};
+use divrl::features::pixels::PixelExtractor;
 use divrl::features::{Extracted, Extractor};
-use divrl::models::pixels::PixelExtractor;
 use divrl::models::unet::UNet;
 use divrl::rl::policy::StepBatch;
 use divrl::rl::ppo::clipped_loss;

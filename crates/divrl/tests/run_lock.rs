@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use divrl::checkpoint::{BaseConfig, LoadedModel};
-use divrl::models::pixels::PixelExtractor;
+use divrl::features::pixels::PixelExtractor;
 use divrl::models::unet::UNet;
 use divrl::rl::{FinetuneConfig, Finetuner};
 use divrl::run_lock::{lock_run_folder, remove_stale_temporaries, temporary_owner, LOCK_FILE};

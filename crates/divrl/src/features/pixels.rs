@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::features::{Extracted, Extractor};
+use super::extractor::{Extracted, Extractor};
 
 /// `pixels`: images in [0, 1], average-pooled to at most `side × side`, flattened.
 pub struct PixelExtractor {

@@ -3,6 +3,5 @@ pub mod classifier;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod inception;
-pub mod pixels;
 pub mod sd;
 pub mod unet;
