@@ -216,11 +216,12 @@ fn debias_reports_attribute_kl_with_balanced_references() {
                 "--no-progress",
             ]),
     );
-    // The default data set is replaced by the skewed one; ref_per_class must be even.
+    // The default data set is replaced by the skewed one; ref_per_class must be even, and the
+    // preset's policy_steps must fit the 3 steps.
     let ov = d.join("ov.toml");
     std::fs::write(
         &ov,
-        "extractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 3\nsteps = 3\nskip_final_steps = 1\nepochs = 1\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\n",
+        "extractor = \"pixels\"\nref_per_class = 8\nimages_per_class = 3\nsteps = 3\nskip_final_steps = 1\npolicy_steps = 2\nepochs = 1\neval_per_class = 4\ndevice = \"cpu\"\nthreads = 1\n",
     )
     .unwrap();
     let out = d.join("deb");

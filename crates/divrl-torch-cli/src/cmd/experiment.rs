@@ -32,7 +32,7 @@ pub struct Args {
     /// Output folder; rerunning with the same folder skips finished cells [default: runs/exp-<name>]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Base checkpoint [default: models/fashion-mnist-base-small; diversity: models/fashion-mnist-base; debias: models/fashion-mnist-skewed-base, or models/fashion-mnist-background-base with --attribute background]
+    /// Base checkpoint [default: models/fashion-mnist-base-small; diversity: models/fashion-mnist-base; debias: models/fashion-mnist-skewed-base-9000, or models/fashion-mnist-background-base with --attribute background]
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Guidance scale of selection, debias and diversity [default: 4; debias 1]
