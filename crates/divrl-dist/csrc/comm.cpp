@@ -123,6 +123,11 @@ int divrl_comm_all_gather(
   return guarded(err, [&] {
     std::vector<uint8_t> mine(data, data + len);
     auto all = comm->collectives.allGather(key, mine, comm->timeout);
+    if (all.size() != static_cast<size_t>(comm->world)) {
+      throw std::runtime_error(
+          "all-gather returned " + std::to_string(all.size()) + " parts for a world of " +
+          std::to_string(comm->world));
+    }
     size_t total = 0;
     for (const auto& part : all) {
       total += part.size();
