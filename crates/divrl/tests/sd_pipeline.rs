@@ -585,11 +585,36 @@ fn two_rl_epochs_train_every_adapter_and_export_round_trips() {
 
 #[test]
 fn resume_continues_the_same_run() {
-    // Exact resume is a claim about a fixed float environment. With several intra-op threads
-    // under a loaded machine (the other tests of this binary run beside this one), the BLAS
-    // library may size its thread team dynamically, so reductions, and after a few Adam steps the
-    // adapters, differ in the last bits between the uninterrupted and the resumed run. One thread
-    // makes every run of the three use the same reduction order.
+    // Exact resume is a claim about a fixed float environment, and other tests of this binary
+    // running beside this one in the same process break it: the whole-suite CPU sweep (issue 15)
+    // saw the adapters differ after resume in 1 of 4 runs of this file at
+    // ATEN_CPU_CAPABILITY=avx2 with one thread, never with --test-threads=1 or this test alone.
+    // So the test runs itself again in a process of its own, on one libtorch thread.
+    const ALONE: &str = "DIVRL_SD_RESUME_ALONE";
+    if std::env::var_os(ALONE).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "resume_continues_the_same_run",
+                "--test-threads",
+                "1",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "resume in its own process failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test:\n{stdout}"
+        );
+        return;
+    }
     tch::set_num_threads(1);
     let dir = tiny_dir();
     let tmp = tempfile::tempdir().unwrap();
