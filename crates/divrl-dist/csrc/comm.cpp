@@ -64,14 +64,18 @@ int divrl_comm_new(
     uint16_t port,
     int32_t rank,
     int32_t world,
+    int32_t serve,
     int64_t timeout_ms,
     DivrlComm** out,
     char** err) {
   return guarded(err, [&] {
+    // serve: this process hosts the store (rank 0, unless a launcher such as torchrun's agent
+    // already does, in which case every rank is a client).
     c10d::TCPStoreOptions opts;
     opts.port = port;
-    opts.isServer = rank == 0;
+    opts.isServer = serve != 0;
     opts.numWorkers = static_cast<size_t>(world);
+    // Every client counts itself in (TCPStore's init key); the server waits for all of them.
     opts.waitWorkers = true;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
@@ -85,14 +89,16 @@ void divrl_comm_free(DivrlComm* comm) { delete comm; }
 // Leaves the run. Rank 0 serves the store, so it must not go before the others have finished
 // their last collective: every rank counts itself out, and rank 0 waits (at most the timeout)
 // until all have.
-int divrl_comm_finish(DivrlComm* comm, char** err) {
+// wait_ms bounds rank 0's wait (the timeout for a clean finish, a short grace when a failing
+// rank leaves, so that a dead peer does not hold it for a whole timeout).
+int divrl_comm_finish(DivrlComm* comm, int64_t wait_ms, char** err) {
   return guarded(err, [&] {
     const std::string key = "divrl/finished";
     comm->store->add(key, 1);
     if (comm->rank != 0) {
       return;
     }
-    auto deadline = std::chrono::steady_clock::now() + comm->timeout;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
     while (comm->store->add(key, 0) < comm->world) {
       if (std::chrono::steady_clock::now() > deadline) {
         throw std::runtime_error(

@@ -34,12 +34,13 @@ mod ffi {
             port: u16,
             rank: i32,
             world: i32,
+            serve: i32,
             timeout_ms: i64,
             out: *mut *mut RawComm,
             err: *mut *mut c_char,
         ) -> i32;
         pub fn divrl_comm_free(comm: *mut RawComm);
-        pub fn divrl_comm_finish(comm: *mut RawComm, err: *mut *mut c_char) -> i32;
+        pub fn divrl_comm_finish(comm: *mut RawComm, wait_ms: i64, err: *mut *mut c_char) -> i32;
         pub fn divrl_comm_free_buffer(p: *mut std::ffi::c_void);
         pub fn divrl_comm_barrier(
             comm: *mut RawComm,
@@ -92,6 +93,10 @@ pub struct Launch {
     pub local_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// Whether a launcher already serves the store at `MASTER_ADDR:MASTER_PORT` (torchrun's
+    /// agent: `TORCHELASTIC_USE_AGENT_STORE=True`), so that rank 0 connects to it like the
+    /// others instead of serving its own.
+    pub agent_store: bool,
 }
 
 impl Launch {
@@ -103,6 +108,7 @@ impl Launch {
             local_rank: 0,
             master_addr: "127.0.0.1".into(),
             master_port: 29500,
+            agent_store: false,
         }
     }
 
@@ -152,6 +158,8 @@ impl Launch {
             local_rank,
             master_addr,
             master_port,
+            agent_store: var("TORCHELASTIC_USE_AGENT_STORE")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         })
     }
 }
@@ -163,6 +171,7 @@ pub struct Comm {
     rank: usize,
     world: usize,
     calls: u64,
+    timeout_ms: i64,
 }
 
 // The c10d objects behind `raw` are owned by this handle alone and used from one thread at a time.
@@ -186,6 +195,7 @@ impl Comm {
                 launch.master_port,
                 launch.rank as i32,
                 launch.world as i32,
+                i32::from(launch.rank == 0 && !launch.agent_store),
                 timeout_ms,
                 &mut raw,
                 &mut err,
@@ -196,6 +206,7 @@ impl Comm {
             rank: launch.rank,
             world: launch.world,
             calls: 0,
+            timeout_ms,
         };
         if rc != 0 {
             return Err(comm.error(
@@ -336,31 +347,39 @@ impl Comm {
 impl Comm {
     /// Leaves the run: every rank counts itself out, and rank 0, which serves the store, waits
     /// (at most the timeout) until all have, so that no rank loses the store in the middle of its
-    /// last collective. Dropping a `Comm` does the same and ignores the error.
+    /// last collective. Dropping a `Comm` instead waits only a short grace (a failed run).
     pub fn finish(mut self) -> Result<(), DistError> {
-        let result = self.finish_raw();
+        let result = self.finish_raw(self.timeout_ms);
         unsafe { ffi::divrl_comm_free(self.raw) };
         self.raw = std::ptr::null_mut();
         result
     }
 
-    fn finish_raw(&mut self) -> Result<(), DistError> {
+    fn finish_raw(&mut self, wait_ms: i64) -> Result<(), DistError> {
         let mut err = std::ptr::null_mut();
-        if unsafe { ffi::divrl_comm_finish(self.raw, &mut err) } != 0 {
+        if unsafe { ffi::divrl_comm_finish(self.raw, wait_ms, &mut err) } != 0 {
             return Err(self.error("finish".into(), err));
         }
         Ok(())
     }
 }
 
+/// Dropping a `Comm` without [`Comm::finish`] is how a failing rank leaves: it counts itself out,
+/// and rank 0 gives the others a short grace ([`DROP_GRACE`], at most the timeout) to finish the
+/// exchange they are in before it closes the store — not a whole timeout, since the reason it
+/// fails may be a peer that died.
 impl Drop for Comm {
     fn drop(&mut self) {
         if !self.raw.is_null() {
-            let _ = self.finish_raw();
+            let grace = i64::try_from(DROP_GRACE.as_millis()).unwrap_or(i64::MAX);
+            let _ = self.finish_raw(grace.min(self.timeout_ms));
             unsafe { ffi::divrl_comm_free(self.raw) };
         }
     }
 }
+
+/// How long rank 0 waits for the others when its `Comm` is dropped without [`Comm::finish`].
+pub const DROP_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -398,7 +417,18 @@ mod tests {
             (2, 4, 0, "10.0.0.1", 1234)
         );
         let l = launch(&[("WORLD_SIZE", "2"), ("RANK", "1")]).unwrap();
-        assert_eq!((l.local_rank, l.master_port), (1, 29500));
+        assert_eq!(
+            (l.local_rank, l.master_port, l.agent_store),
+            (1, 29500, false)
+        );
+        // Under torchrun's agent store rank 0 connects to the agent's store instead of serving.
+        let l = launch(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ])
+        .unwrap();
+        assert!(l.agent_store);
         for bad in [
             vec![("WORLD_SIZE", "2")],
             vec![("WORLD_SIZE", "2"), ("RANK", "2")],

@@ -22,6 +22,7 @@ fn launch(rank: usize, world: usize, port: u16) -> Launch {
         local_rank: rank,
         master_addr: "127.0.0.1".into(),
         master_port: port,
+        agent_store: false,
     }
 }
 

@@ -91,6 +91,68 @@ impl AdamW {
         })
     }
 
+    /// Every variable's gradient as one `f32` vector (variables in name order, zeros for an
+    /// undefined gradient) and whether each was defined: what a data-parallel run sums over ranks.
+    pub fn flat_grads(&self) -> (Vec<f32>, Vec<bool>) {
+        let mut flat = Vec::new();
+        let mut defined = Vec::with_capacity(self.params.len());
+        tch::no_grad(|| {
+            for p in &self.params {
+                let g = p.grad();
+                defined.push(g.defined());
+                let n = p.numel();
+                if g.defined() {
+                    let v = g
+                        .to_device(tch::Device::Cpu)
+                        .to_kind(Kind::Float)
+                        .contiguous();
+                    flat.extend(Vec::<f32>::try_from(v.view([-1])).expect("float gradient"));
+                } else {
+                    flat.extend(std::iter::repeat_n(0.0f32, n));
+                }
+            }
+        });
+        (flat, defined)
+    }
+
+    /// Sets the gradients from [`AdamW::flat_grads`]' layout; a variable marked undefined gets
+    /// none.
+    pub fn set_flat_grads(&mut self, flat: &[f32], defined: &[bool]) -> Result<()> {
+        let total: usize = self.params.iter().map(|p| p.numel()).sum();
+        if flat.len() != total || defined.len() != self.params.len() {
+            bail!(
+                "{} gradient values for {} variables of {total} values",
+                flat.len(),
+                self.params.len()
+            );
+        }
+        // Only a defined gradient can be written: a variable with none on this rank gets a
+        // zero one from a backward pass through `0 · p` (outside no_grad).
+        for (p, &d) in self.params.iter().zip(defined) {
+            if d && !p.grad().defined() {
+                (p * 0.0).sum(Kind::Float).backward();
+            }
+        }
+        let mut at = 0;
+        tch::no_grad(|| {
+            for (p, &d) in self.params.iter_mut().zip(defined) {
+                let n = p.numel();
+                let v = Tensor::from_slice(&flat[at..at + n])
+                    .view(p.size().as_slice())
+                    .to_kind(p.kind())
+                    .to_device(p.device());
+                at += n;
+                let mut g = p.grad();
+                if !d {
+                    // No rank has a gradient for it (so neither has this one): step() skips it.
+                    continue;
+                }
+                g.copy_(&v);
+            }
+        });
+        Ok(())
+    }
+
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let c = self.cfg;

@@ -29,6 +29,15 @@ macro_rules! define_finetune_args {
             /// No progress bar (log one line per epoch instead)
             #[arg(long)]
             pub no_progress: bool,
+            /// Start N local ranks of a data-parallel run (as torchrun does; each gets its share
+            /// of the cores, or of the GPUs as cuda:LOCAL_RANK); without it, RANK, WORLD_SIZE,
+            /// MASTER_ADDR and MASTER_PORT from the environment make this process one rank
+            #[arg(long, value_name = "N")]
+            pub nproc: Option<usize>,
+            /// Seconds a rank waits for the others at any exchange (rendezvous, ϕ-features,
+            /// gradients, checkpoints) before it stops with an error naming the missing ranks
+            #[arg(long, value_name = "SECS", default_value_t = 1800.0)]
+            pub dist_timeout: f64,
             $( $($flag_attr)* pub $name: Option<$flag>, )*
             #[command(flatten)]
             pub compute: super::ComputeOverrides,
@@ -110,45 +119,89 @@ fn claim(args: &Args, out: &std::path::Path) -> anyhow::Result<Arc<RunLock>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = resolve(&args)?;
+    let mut cfg = resolve(&args)?;
+    if let Some(n) = args.nproc.filter(|&n| n != 1) {
+        // Refused before any rank starts, so that the user reads one error, not one per rank.
+        check_fresh(&args, &cfg.out)?;
+        return super::launch::run_local_ranks(n, args.compute.threads.is_some());
+    }
+    let launch = divrl_dist::Launch::from_env()?;
+    let comm = if launch.world > 1 {
+        if !(args.dist_timeout > 0.0 && args.dist_timeout.is_finite()) {
+            bail!("--dist-timeout must be a positive number of seconds");
+        }
+        // Each rank its own GPU, when the run is on GPUs.
+        if matches!(cfg.device.as_str(), "auto" | "cuda" | "gpu")
+            && divrl::tch::Cuda::is_available()
+        {
+            cfg.device = format!("cuda:{}", launch.local_rank);
+        }
+        let timeout = std::time::Duration::from_secs_f64(args.dist_timeout);
+        Some(divrl_dist::Comm::connect(&launch, timeout)?)
+    } else {
+        None
+    };
     let out = &cfg.out;
     check_fresh(&args, out)?;
+    let progress = !args.no_progress && launch.rank == 0;
     if cfg.model == "sd" {
         let trainer = divrl::rl::build_sd_finetuner(&cfg)?;
-        return train(&args, trainer, "LoRA in lora/, log.jsonl");
+        return train(&args, trainer, comm, progress, "LoRA in lora/, log.jsonl");
     }
-    let trainer = divrl::rl::build_finetuner(&cfg, false, !args.no_progress)?;
+    let trainer = divrl::rl::build_finetuner(&cfg, false, progress)?;
     let what = if cfg.policy_steps > 0 {
         "lora.safetensors, lora.toml, log.jsonl; no merged/: the adapters act on the first policy_steps steps only"
     } else {
         "lora.safetensors, merged/, log.jsonl"
     };
-    train(&args, trainer, what)
+    train(&args, trainer, comm, progress, what)
 }
 
 /// Claims the run folder, resumes when asked, runs to `cfg.epochs` and reports each evaluation
 /// and where the results are (`what`).
+/// In a data-parallel run (`comm`) every rank trains; rank 0 alone claims the folder, writes and
+/// reports.
 fn train<P: divrl::rl::PolicyModel>(
     args: &Args,
     mut trainer: divrl::rl::Trainer<P>,
+    comm: Option<divrl_dist::Comm>,
+    progress: bool,
     what: &str,
 ) -> anyhow::Result<()> {
     let out = trainer.cfg.out.clone();
-    let _lock = claim(args, &out)?;
+    if let Some(comm) = comm {
+        trainer.set_data_parallel(divrl::rl::data_parallel::DataParallel::new(comm))?;
+    }
+    let (rank, world) = trainer.rank_world();
+    let _lock = if rank == 0 {
+        Some(claim(args, &out)?)
+    } else {
+        None
+    };
     if args.resume {
-        if trainer.resume()? {
+        let resumed = trainer.resume()?;
+        if rank == 0 && resumed {
             eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
-        } else {
+        } else if rank == 0 {
             eprintln!("no checkpoint in {}: starting from epoch 0", out.display());
         }
     }
     let t0 = std::time::Instant::now();
-    let evals = trainer.run(!args.no_progress)?;
+    let evals = trainer.run(progress)?;
+    trainer.finish_data_parallel()?;
+    if rank > 0 {
+        return Ok(());
+    }
     for (e, r) in &evals {
         eprintln!("evaluation at epoch {e}:\n{}", r.table());
     }
+    let ranks = if world > 1 {
+        format!(" on {world} ranks")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "fine-tuned to epoch {} in {:.1} s -> {} ({what})",
+        "fine-tuned to epoch {}{ranks} in {:.1} s -> {} ({what})",
         trainer.epoch,
         t0.elapsed().as_secs_f64(),
         out.display()

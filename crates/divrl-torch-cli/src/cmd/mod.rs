@@ -7,6 +7,7 @@ pub mod eval;
 pub mod experiment;
 pub mod features;
 pub mod finetune;
+pub mod launch;
 pub mod sample;
 pub mod sd_sample;
 pub mod train_base;

@@ -10,6 +10,8 @@
 //!   per sample.
 //! - [`model`]: [`PolicyModel`], what the loop needs from a diffusion model;
 //!   [`unet_policy`] (the class-conditional UNet) and [`sd_model`] (Stable Diffusion) implement it.
+//! - [`data_parallel`]: one rank of a data-parallel run (torchrun-style, on libtorch's c10d):
+//!   its share of an epoch's samples, the exchange of ϕ-features and gradients.
 //! - [`trainer`]: [`Trainer`], the one loop over any [`PolicyModel`] ([`Finetuner`] and
 //!   [`SdFinetuner`] name its two instances), evaluation and exports.
 //! - [`evaluator`]: held-out evaluation of any policy (fixed noise, ϕ, an independent space,
@@ -24,6 +26,7 @@
 pub mod adapted;
 pub mod advantage;
 pub mod config;
+pub mod data_parallel;
 pub mod evaluator;
 pub mod model;
 pub mod policy;

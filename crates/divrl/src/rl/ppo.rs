@@ -4,7 +4,7 @@
 //! With ratio ρ = exp(log π_θ(a|s) − log π_θ_old(a|s)) and advantage A, the loss is
 //! `mean(max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)))` (the gradient of `−A·ρ` is the estimator of the
 //! paper's eq. 20 for one step).
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -14,6 +14,7 @@ use crate::sample::Trajectory;
 use crate::schedule::{NoiseSchedule, SamplerConfig, StepGaussian};
 
 use super::config::FinetuneConfig;
+use super::data_parallel::DataParallel;
 use super::policy::StepBatch;
 
 /// The loss (differentiable) and its diagnostics.
@@ -106,7 +107,6 @@ pub struct Replay<'a> {
 /// on the first `timestep_fraction` of them; `grad_accum` minibatches make one optimizer step,
 /// with the gradient norm clipped to `max_grad_norm`. Every shuffle draws from `rng`. `epoch`
 /// (1-based) only names the epoch in errors.
-#[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
 pub fn ppo_update(
     replay: &Replay<'_>,
     traj: &Trajectory,
@@ -116,9 +116,49 @@ pub fn ppo_update(
     rng: &mut SplitMix64,
     epoch: usize,
 ) -> Result<PpoStats> {
-    let b = traj.latents.size()[1] as usize;
-    if advantages.len() != b {
-        bail!("{} advantages for {b} samples", advantages.len());
+    ppo_update_shard(replay, traj, advantages, cfg, opt, rng, epoch, None)
+}
+
+/// One rank's share of a data-parallel PPO phase: `traj` holds the trajectories `local` (indices
+/// into the epoch's `advantages`, in `traj`'s order) and every rank walks the same minibatches of
+/// the whole epoch (the shuffles draw from the same `rng` stream on every rank), computes the
+/// loss of its own members scaled to the whole minibatch, and sums the gradients over ranks
+/// before each optimizer step; the statistics are summed (maximum for `first_ratio_max_dev`).
+/// With `shard` = `None`, `traj` holds the whole epoch: [`ppo_update`].
+#[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
+#[allow(clippy::too_many_arguments)]
+pub fn ppo_update_shard(
+    replay: &Replay<'_>,
+    traj: &Trajectory,
+    advantages: &[f64],
+    cfg: &FinetuneConfig,
+    opt: &mut AdamW,
+    rng: &mut SplitMix64,
+    epoch: usize,
+    mut shard: Option<(&[usize], &mut DataParallel)>,
+) -> Result<PpoStats> {
+    let held = traj.latents.size()[1] as usize;
+    let b = advantages.len();
+    // Position in `traj` of each of the epoch's trajectories that this process holds.
+    let mut at: Vec<Option<usize>> = vec![None; b];
+    match &shard {
+        None => {
+            if b != held {
+                bail!("{b} advantages for {held} samples");
+            }
+            at.iter_mut().enumerate().for_each(|(i, a)| *a = Some(i));
+        }
+        Some((local, _)) => {
+            if local.len() != held {
+                bail!("{} local indices for {held} samples", local.len());
+            }
+            for (pos, &i) in local.iter().enumerate() {
+                if i >= b {
+                    bail!("local sample {i} of an epoch of {b}");
+                }
+                at[i] = Some(pos);
+            }
+        }
     }
     // Trainable transitions: all but the final `skip_final_steps`, at most the first
     // `policy_steps` (see FinetuneConfig::trained_steps).
@@ -145,21 +185,34 @@ pub fn ppo_update(
             opt.zero_grad();
             let denom = (n_t * group.len()) as f64;
             for mb in group {
-                let mb_idx = Tensor::from_slice(&mb.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                    .to_device(device);
+                // This process's members of the minibatch, and their share of its mean.
+                let mine: Vec<usize> = mb.iter().copied().filter(|&i| at[i].is_some()).collect();
+                n_terms += n_t;
+                if mine.is_empty() {
+                    continue;
+                }
+                let share = mine.len() as f64 / mb.len() as f64;
+                let rows: Vec<usize> = mine.iter().map(|&i| at[i].expect("held")).collect();
+                let mb_idx =
+                    Tensor::from_slice(&mine.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                        .to_device(device);
                 let a = adv.index_select(0, &mb_idx);
                 for j in 0..n_t {
-                    let steps: Vec<usize> = mb.iter().map(|&i| tperm[i][j]).collect();
-                    let sb = StepBatch::gather(replay.sched, traj, mb, &steps);
+                    let steps: Vec<usize> = mine.iter().map(|&i| tperm[i][j]).collect();
+                    let sb = StepBatch::gather(replay.sched, traj, &rows, &steps);
                     let g = replay.policy.gaussian(&sb, sampler);
                     let lp = g.log_prob(&sb.x_s, sampler.reduction);
                     let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
                     let mut loss = terms.loss;
+                    let mut kl_value = 0.0;
                     if let Some(base) = replay.base {
                         let base_mean = tch::no_grad(|| base.gaussian(&sb, sampler).mean);
                         let kl = g.kl_to(&base_mean, sampler.reduction).mean(Kind::Float);
-                        st.kl_to_base += kl.double_value(&[]);
+                        kl_value = kl.double_value(&[]);
                         loss += kl * cfg.kl_coef;
+                    }
+                    if share < 1.0 {
+                        loss *= share;
                     }
                     let lv = loss.double_value(&[]);
                     if !lv.is_finite() {
@@ -168,13 +221,17 @@ pub fn ppo_update(
                     (loss / denom).backward();
                     replay.policy.finish_backward()?;
                     st.loss += lv;
-                    st.approx_kl += terms.approx_kl;
-                    st.clip_fraction += terms.clip_fraction;
+                    st.kl_to_base += kl_value * share;
+                    st.approx_kl += terms.approx_kl * share;
+                    st.clip_fraction += terms.clip_fraction * share;
                     if before_first_step {
                         st.first_ratio_max_dev = st.first_ratio_max_dev.max(terms.max_ratio_dev);
                     }
-                    n_terms += 1;
                 }
+            }
+            if let Some((_, dp)) = shard.as_mut() {
+                dp.all_sum_grads(opt)
+                    .with_context(|| format!("epoch {epoch}"))?;
             }
             let norm = opt.clip_grad_norm(cfg.max_grad_norm);
             if !norm.is_finite() {
@@ -187,6 +244,12 @@ pub fn ppo_update(
         }
     }
     opt.zero_grad();
+    if let Some((_, dp)) = shard.as_mut() {
+        let sums = dp.sum_f64(&[st.loss, st.approx_kl, st.clip_fraction, st.kl_to_base])?;
+        (st.loss, st.approx_kl, st.clip_fraction, st.kl_to_base) =
+            (sums[0], sums[1], sums[2], sums[3]);
+        st.first_ratio_max_dev = dp.max_f64(&[st.first_ratio_max_dev])?[0];
+    }
     let n = n_terms.max(1) as f64;
     st.loss /= n;
     st.approx_kl /= n;

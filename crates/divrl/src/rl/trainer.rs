@@ -16,6 +16,7 @@
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -31,6 +32,7 @@ use crate::sample::{save_grid, Trajectory};
 
 use super::advantage::{clip_advantages, mean_std, ConditionStatTracker};
 use super::config::FinetuneConfig;
+use super::data_parallel::DataParallel;
 use super::evaluator::{eval_images, EvalSet, Evaluator};
 use super::model::PolicyModel;
 use super::policy::StepBatch;
@@ -49,6 +51,11 @@ pub struct Rollout {
     /// Generated set of each sample (0, 1, …; each set holds M samples of one condition and is
     /// scored as one X_g).
     pub sets: Vec<usize>,
+    /// The samples `traj` holds, as indices into `conditions` (all of them in one process; this
+    /// rank's chunks in a data-parallel run, [`super::data_parallel::owned_samples`]).
+    pub local: Vec<usize>,
+    /// The sampling chunk the epoch was cut into (one seed per chunk).
+    pub chunk: usize,
 }
 
 /// Rewards of a rollout.
@@ -88,6 +95,8 @@ pub struct Trainer<P: PolicyModel> {
     run_dir: RunDir,
     /// Fixed-noise set reward of the current weights (diagnostics), if known.
     fixed_set_reward: Option<f64>,
+    /// This process's rank and collectives in a data-parallel run ([`Trainer::set_data_parallel`]).
+    dp: Option<Mutex<DataParallel>>,
 }
 
 /// Fine-tuning of the class-conditional UNet (Algorithm 1 with [`UnetPolicy`]).
@@ -172,7 +181,64 @@ impl<P: PolicyModel> Trainer<P> {
             rewards,
             evaluator: Evaluator { phi, set: eval },
             fixed_set_reward: None,
+            dp: None,
         })
+    }
+
+    /// Makes this trainer one rank of a data-parallel run: it samples its share of every epoch's
+    /// chunks ([`super::data_parallel`]), exchanges ϕ-features and gradients with the other
+    /// ranks, and only rank 0 writes (log, grids, evaluations, checkpoints, exports). With
+    /// `sample_batch_size` 0 the chunk becomes ⌈samples per epoch / world⌉ (recorded in the
+    /// run's config, so that a resume keeps it).
+    pub fn set_data_parallel(&mut self, dp: DataParallel) -> Result<()> {
+        if self.epoch > 0 {
+            bail!("set_data_parallel before resume: the run's config must include the chunk");
+        }
+        if self.cfg.sample_batch_size == 0 && dp.world() > 1 {
+            self.cfg.sample_batch_size = self.epoch_samples().div_ceil(dp.world());
+        }
+        self.dp = Some(Mutex::new(dp));
+        Ok(())
+    }
+
+    /// Leaves the data-parallel run (rank 0 waits for every rank); nothing in one process.
+    pub fn finish_data_parallel(&mut self) -> Result<()> {
+        match self.dp.take() {
+            Some(dp) => dp.into_inner().expect("no panic while holding it").finish(),
+            None => Ok(()),
+        }
+    }
+
+    /// (rank, world) of this process; (0, 1) in one process.
+    pub fn rank_world(&self) -> (usize, usize) {
+        match &self.dp {
+            Some(dp) => {
+                let dp = dp.lock().expect("no panic while holding it");
+                (dp.rank(), dp.world())
+            }
+            None => (0, 1),
+        }
+    }
+
+    /// Whether this process writes the run's files (rank 0, or the only process).
+    pub fn is_writer(&self) -> bool {
+        self.rank_world().0 == 0
+    }
+
+    /// Runs `f` on the data-parallel handle, when there is one.
+    fn with_dp<R>(&self, f: impl FnOnce(&mut DataParallel) -> Result<R>) -> Option<Result<R>> {
+        self.dp
+            .as_ref()
+            .map(|dp| f(&mut dp.lock().expect("no panic while holding it")))
+    }
+
+    /// Samples an epoch draws: conditions per epoch × M × K.
+    fn epoch_samples(&self) -> usize {
+        let conds = match self.cfg.classes_per_epoch {
+            0 => self.classes.len(),
+            n => n.min(self.classes.len()),
+        };
+        conds * self.cfg.images_per_class * self.cfg.sets_per_class.max(1)
     }
 
     /// The variables that train (adapters, or all base weights).
@@ -222,13 +288,39 @@ impl<P: PolicyModel> Trainer<P> {
             0 => labels.len(),
             n => n,
         };
+        // Every rank draws every chunk's seed, so the stream is the same on all of them.
         let seeds: Vec<u64> = labels.chunks(chunk).map(|_| self.rng.next_u64()).collect();
         let sampler = self.model.sampler(&self.cfg);
-        let traj = self.sample_labels(&sampler, &labels, chunk, &seeds)?;
+        let (rank, world) = self.rank_world();
+        let (traj, local) = if world == 1 {
+            let traj = self.sample_labels(&sampler, &labels, chunk, &seeds)?;
+            (traj, (0..labels.len()).collect())
+        } else {
+            let device = self.model.device();
+            let parts = super::data_parallel::owned_chunks(labels.len(), chunk, rank, world)
+                .into_iter()
+                .map(|c| {
+                    let ls = &labels[c * chunk..((c + 1) * chunk).min(labels.len())];
+                    let y = Tensor::from_slice(ls).to_device(device);
+                    self.model.sample(&sampler, &y, seeds[c])
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if parts.is_empty() {
+                bail!(
+                    "rank {rank} of {world} has no chunk to sample: an epoch of {} samples in chunks of {chunk} needs at most {} ranks (lower sample_batch_size)",
+                    labels.len(),
+                    labels.len().div_ceil(chunk)
+                );
+            }
+            let local = super::data_parallel::owned_samples(labels.len(), chunk, rank, world);
+            (Trajectory::cat(parts)?, local)
+        };
         Ok(Rollout {
             traj,
             conditions: labels,
             sets,
+            local,
+            chunk,
         })
     }
 
@@ -250,6 +342,12 @@ impl<P: PolicyModel> Trainer<P> {
         let (feats, _) = self
             .features(images)
             .map_err(|e| anyhow::anyhow!("non-finite or failed ϕ features: {e}"))?;
+        // In a data-parallel run `images` are this rank's: every rank gets the whole epoch's.
+        let n = roll.conditions.len();
+        let feats = match self.with_dp(|dp| dp.gather_rows(&feats, n, roll.chunk)) {
+            Some(all) => all.context("gathering the epoch's ϕ-features from every rank")?,
+            None => feats,
+        };
         let all = to_features("generated features", &feats)
             .map_err(|e| anyhow::anyhow!("non-finite reward: {e}"))?;
         let mut rewards = vec![0.0; roll.conditions.len()];
@@ -301,10 +399,24 @@ impl<P: PolicyModel> Trainer<P> {
             opt,
             rng,
             epoch,
+            dp,
             ..
         } = self;
+        let mut guard = dp
+            .as_mut()
+            .map(|d| d.get_mut().expect("no panic while holding it"));
+        let shard = guard.as_mut().map(|d| (roll.local.as_slice(), &mut **d));
         model.with_replay(cfg, true, |replay| {
-            ppo::ppo_update(replay, &roll.traj, advantages, cfg, opt, rng, *epoch + 1)
+            ppo::ppo_update_shard(
+                replay,
+                &roll.traj,
+                advantages,
+                cfg,
+                opt,
+                rng,
+                *epoch + 1,
+                shard,
+            )
         })
     }
 
@@ -339,7 +451,8 @@ impl<P: PolicyModel> Trainer<P> {
     /// its log-probability (mean over its trainable transitions), and the mean absolute change.
     pub fn log_prob_change(&self, roll: &Rollout, advantages: &[f64]) -> Result<(f64, f64)> {
         let traj = &roll.traj;
-        let n = roll.conditions.len();
+        // This process's trajectories (all of them in one process).
+        let n = roll.local.len();
         let k = self.cfg.trained_steps(traj.num_steps());
         let sampler = &traj.sampler;
         let mut delta = vec![0.0f64; n];
@@ -365,7 +478,15 @@ impl<P: PolicyModel> Trainer<P> {
                 Ok(())
             })
         })?;
-        Ok((pearson(advantages, &delta), abs_sum / (n * k) as f64))
+        let total = roll.conditions.len();
+        let (delta, abs_sum) = match self.with_dp(|dp| {
+            let all = dp.gather_f64(&delta, total, roll.chunk)?;
+            Ok((all, dp.sum_f64(&[abs_sum])?[0]))
+        }) {
+            Some(r) => r?,
+            None => (delta, abs_sum),
+        };
+        Ok((pearson(advantages, &delta), abs_sum / (total * k) as f64))
     }
 
     /// One iteration of Algorithm 1's loop. Returns the log line and the epoch's images.
@@ -498,7 +619,12 @@ impl<P: PolicyModel> Trainer<P> {
     /// Restores the newest checkpoint of `out` (weights, optimizer, tracker, RNG, epoch, log).
     /// Returns false when there is none.
     pub fn resume(&mut self) -> Result<bool> {
-        let _lock = crate::run_lock::lock_run_folder(&self.cfg.out)?;
+        // In a data-parallel run rank 0 holds the folder; the others only read it.
+        let _lock = if self.is_writer() {
+            Some(crate::run_lock::lock_run_folder(&self.cfg.out)?)
+        } else {
+            None
+        };
         let Some((dir, state)) = self.run_dir.latest()? else {
             return Ok(false);
         };
@@ -557,10 +683,18 @@ impl<P: PolicyModel> Trainer<P> {
         on_eval: &mut dyn FnMut(usize, &EvalReport, &Tensor) -> Result<()>,
     ) -> Result<Vec<(usize, EvalReport)>> {
         let out = self.cfg.out.clone();
-        let _lock = crate::run_lock::lock_run_folder(&out)?;
-        write_toml(&out.join("config.toml"), &self.cfg)?;
+        // Rank 0 alone writes (and evaluates, which the others do not wait for until their next
+        // exchange); one process is rank 0.
+        let writer = self.is_writer();
+        let _lock = if writer {
+            let lock = crate::run_lock::lock_run_folder(&out)?;
+            write_toml(&out.join("config.toml"), &self.cfg)?;
+            Some(lock)
+        } else {
+            None
+        };
         let mut evals = Vec::new();
-        let do_eval = self.cfg.eval_every > 0 && self.evaluator.set.is_some();
+        let do_eval = writer && self.cfg.eval_every > 0 && self.evaluator.set.is_some();
         let mut eval_now = |me: &mut Self| -> Result<()> {
             let (rep, images) = me.eval_and_log()?;
             on_eval(me.epoch, &rep, &images)?;
@@ -584,9 +718,11 @@ impl<P: PolicyModel> Trainer<P> {
                     self.epoch + 1
                 ))
             })?;
-            self.run_dir.append_log(&log)?;
             let e = self.epoch;
-            if self.cfg.sample_every > 0 && e % self.cfg.sample_every == 0 {
+            if writer {
+                self.run_dir.append_log(&log)?;
+            }
+            if writer && self.cfg.sample_every > 0 && e % self.cfg.sample_every == 0 {
                 save_grid(
                     &images,
                     self.cfg.images_per_class,
@@ -599,13 +735,20 @@ impl<P: PolicyModel> Trainer<P> {
                 eval_now(self)?;
             }
             if (self.cfg.checkpoint_every > 0 && e % self.cfg.checkpoint_every == 0) || e == total {
-                self.save_checkpoint()?;
+                if writer {
+                    self.save_checkpoint()?;
+                }
+                // Every rank has this epoch's checkpoint once past here: a rank killed later
+                // resumes from the same one as the others.
+                if let Some(r) = self.with_dp(|dp| dp.barrier()) {
+                    r.with_context(|| format!("after the checkpoint of epoch {e}"))?;
+                }
             }
             pb.set_message(format!(
                 "epoch {e}/{total}, set reward {:.4}",
                 log.set_reward_mean
             ));
-            if log_lines {
+            if log_lines && writer {
                 tracing::info!(
                     "epoch {e}/{total}: set reward {:.5}, reward {:.5}±{:.5}, kl {:.2e}, clip {:.3}, grad {:.3e}, {:.1} img/s",
                     log.set_reward_mean,
@@ -618,7 +761,9 @@ impl<P: PolicyModel> Trainer<P> {
                 );
             }
         }
-        self.export()?;
+        if writer {
+            self.export()?;
+        }
         Ok(evals)
     }
 
