@@ -186,6 +186,27 @@ fn two_ranks_take_the_one_process_step() {
     // The chunk the ranks split is part of the run's config (resume keeps it).
     let cfg = std::fs::read_to_string(two.join("config.toml")).unwrap();
     assert!(cfg.contains("sample_batch_size = 6"), "{cfg}");
+    // One class of 4 samples is one chunk of 6: rank 1 would have nothing to sample, and both
+    // ranks refuse before any exchange, each with one error line.
+    let port = free_port();
+    let small = d.join("small");
+    let ranks: Vec<Child> = (0..2)
+        .map(|r| {
+            let mut c = finetune(&base, &data, &small, 1);
+            c.args(["--classes", "0"]);
+            rank(c, r, port, 30)
+        })
+        .collect();
+    for r in ranks {
+        let out = r.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("divrl: error: ") && last.contains("sampling chunk"),
+            "{err}"
+        );
+    }
 }
 
 /// Two epochs of several optimizer steps (minibatches of 6 that mix the ranks' samples, two

@@ -194,8 +194,18 @@ impl<P: PolicyModel> Trainer<P> {
         if self.epoch > 0 {
             bail!("set_data_parallel before resume: the run's config must include the chunk");
         }
-        if self.cfg.sample_batch_size == 0 && dp.world() > 1 {
-            self.cfg.sample_batch_size = self.epoch_samples().div_ceil(dp.world());
+        let (n, world) = (self.epoch_samples(), dp.world());
+        if self.cfg.sample_batch_size == 0 && world > 1 {
+            self.cfg.sample_batch_size = n.div_ceil(world);
+        }
+        // Every rank finds this at once, before any exchange: no rank waits for one that left.
+        let chunks = n.div_ceil(self.cfg.sample_batch_size.max(1));
+        if chunks < world {
+            bail!(
+                "{world} ranks but an epoch of {n} samples makes only {chunks} sampling chunk(s) of sample_batch_size {}: lower sample_batch_size to at most {} or use fewer ranks",
+                self.cfg.sample_batch_size,
+                n.div_ceil(world)
+            );
         }
         self.dp = Some(Mutex::new(dp));
         Ok(())
