@@ -309,28 +309,50 @@ impl Comm {
 
     /// Every rank's `f32` vector, in rank order; all must have the same length.
     pub fn all_gather_f32(&mut self, data: &[f32]) -> Result<Vec<Vec<f32>>, DistError> {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let parts = self.all_gather(&bytes)?;
-        let mut out = Vec::with_capacity(parts.len());
+        let parts = self.all_gather_f32_any(data)?;
         for (r, p) in parts.iter().enumerate() {
-            if p.len() != bytes.len() {
+            if p.len() != data.len() {
                 return Err(DistError::Mismatch {
                     rank: self.rank,
                     world: self.world,
                     message: format!(
                         "rank {r} sent {} bytes of floats, this rank {}",
-                        p.len(),
-                        bytes.len()
+                        4 * p.len(),
+                        4 * data.len()
                     ),
                 });
             }
-            out.push(
+        }
+        Ok(parts)
+    }
+
+    /// Every rank's `f32` vector, in rank order, of any length (e.g. a different number of rows
+    /// per rank).
+    pub fn all_gather_f32_any(&mut self, data: &[f32]) -> Result<Vec<Vec<f32>>, DistError> {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let parts = self.all_gather(&bytes)?;
+        Ok(parts
+            .iter()
+            .map(|p| {
                 p.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            );
-        }
-        Ok(out)
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Every rank's `f64` vector, in rank order, of any length.
+    pub fn all_gather_f64_any(&mut self, data: &[f64]) -> Result<Vec<Vec<f64>>, DistError> {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let parts = self.all_gather(&bytes)?;
+        Ok(parts
+            .iter()
+            .map(|p| {
+                p.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect()
+            })
+            .collect())
     }
 
     /// Replaces `data` by its sum over the ranks, added in rank order so that every rank holds

@@ -135,19 +135,19 @@ impl AdamW {
         }
         let mut at = 0;
         tch::no_grad(|| {
-            for (p, &d) in self.params.iter_mut().zip(defined) {
+            for (p, &d) in self.params.iter().zip(defined) {
                 let n = p.numel();
-                let v = Tensor::from_slice(&flat[at..at + n])
-                    .view(p.size().as_slice())
-                    .to_kind(p.kind())
-                    .to_device(p.device());
+                let values = &flat[at..at + n];
                 at += n;
-                let mut g = p.grad();
                 if !d {
                     // No rank has a gradient for it (so neither has this one): step() skips it.
                     continue;
                 }
-                g.copy_(&v);
+                let v = Tensor::from_slice(values)
+                    .view(p.size().as_slice())
+                    .to_kind(p.kind())
+                    .to_device(p.device());
+                p.grad().copy_(&v);
             }
         });
         Ok(())

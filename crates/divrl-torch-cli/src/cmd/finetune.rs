@@ -180,10 +180,12 @@ fn train<P: divrl::rl::PolicyModel>(
     };
     if args.resume {
         let resumed = trainer.resume()?;
-        if rank == 0 && resumed {
-            eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
-        } else if rank == 0 {
-            eprintln!("no checkpoint in {}: starting from epoch 0", out.display());
+        if rank == 0 {
+            if resumed {
+                eprintln!("resuming {} at epoch {}", out.display(), trainer.epoch);
+            } else {
+                eprintln!("no checkpoint in {}: starting from epoch 0", out.display());
+            }
         }
     }
     let t0 = std::time::Instant::now();

@@ -104,18 +104,8 @@ impl DataParallel {
         let size = local.size();
         let dim: usize = size[1..].iter().product::<i64>() as usize;
         let flat: Vec<f32> = Vec::<f32>::try_from(local.contiguous().view([-1]))?;
-        // Each rank sends a different number of rows: the bytes travel as they are.
-        let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let parts: Vec<Vec<f32>> = self
-            .comm
-            .all_gather(&bytes)?
-            .into_iter()
-            .map(|p| {
-                p.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            })
-            .collect();
+        // Each rank sends a different number of rows.
+        let parts = self.comm.all_gather_f32_any(&flat)?;
         let rows = interleave_rows(&parts, dim, n, chunk)?;
         let mut shape = size.clone();
         shape[0] = n as i64;
@@ -124,17 +114,7 @@ impl DataParallel {
 
     /// `[n]` f64 values of the whole epoch from this rank's, as [`DataParallel::gather_rows`].
     pub fn gather_f64(&mut self, local: &[f64], n: usize, chunk: usize) -> Result<Vec<f64>> {
-        let bytes: Vec<u8> = local.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let parts: Vec<Vec<f64>> = self
-            .comm
-            .all_gather(&bytes)?
-            .into_iter()
-            .map(|p| {
-                p.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect()
-            })
-            .collect();
+        let parts = self.comm.all_gather_f64_any(local)?;
         interleave_rows(&parts, 1, n, chunk)
     }
 
@@ -155,19 +135,18 @@ impl DataParallel {
         op: impl Fn(f64, f64) -> f64,
         init: f64,
     ) -> Result<Vec<f64>> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let parts = self.comm.all_gather(&bytes)?;
+        let parts = self.comm.all_gather_f64_any(values)?;
         let mut out = vec![init; values.len()];
         for (r, p) in parts.iter().enumerate() {
-            if p.len() != bytes.len() {
+            if p.len() != values.len() {
                 bail!(
                     "rank {r} sent {} statistics, this rank {}",
-                    p.len() / 8,
+                    p.len(),
                     values.len()
                 );
             }
-            for (o, c) in out.iter_mut().zip(p.chunks_exact(8)) {
-                *o = op(*o, f64::from_le_bytes(c.try_into().expect("8 bytes")));
+            for (o, &v) in out.iter_mut().zip(p) {
+                *o = op(*o, v);
             }
         }
         Ok(out)

@@ -256,22 +256,23 @@ impl<P: PolicyModel> Trainer<P> {
         self.model.trainable()
     }
 
-    /// Trajectories for `labels`, `sample_batch_size` at a time (0: `default_chunk`), chunk `i`
-    /// from `seeds[i]`.
+    /// Trajectories for the chunks `which` of `labels` cut into chunks of `chunk`, chunk `i`
+    /// from `seeds[i]`, concatenated in the order of `which`.
     fn sample_labels(
         &self,
         sampler: &crate::schedule::SamplerConfig,
         labels: &[i64],
         chunk: usize,
         seeds: &[u64],
+        which: &[usize],
     ) -> Result<Trajectory> {
         let device = self.model.device();
-        let parts = labels
-            .chunks(chunk)
-            .zip(seeds)
-            .map(|(ls, &seed)| {
+        let parts = which
+            .iter()
+            .map(|&c| {
+                let ls = &labels[c * chunk..((c + 1) * chunk).min(labels.len())];
                 let y = Tensor::from_slice(ls).to_device(device);
-                self.model.sample(sampler, &y, seed)
+                self.model.sample(sampler, &y, seeds[c])
             })
             .collect::<Result<Vec<_>>>()?;
         Trajectory::cat(parts)
@@ -301,30 +302,12 @@ impl<P: PolicyModel> Trainer<P> {
         // Every rank draws every chunk's seed, so the stream is the same on all of them.
         let seeds: Vec<u64> = labels.chunks(chunk).map(|_| self.rng.next_u64()).collect();
         let sampler = self.model.sampler(&self.cfg);
+        // This rank's chunks (every chunk in one process; set_data_parallel checked that every
+        // rank has one).
         let (rank, world) = self.rank_world();
-        let (traj, local) = if world == 1 {
-            let traj = self.sample_labels(&sampler, &labels, chunk, &seeds)?;
-            (traj, (0..labels.len()).collect())
-        } else {
-            let device = self.model.device();
-            let parts = super::data_parallel::owned_chunks(labels.len(), chunk, rank, world)
-                .into_iter()
-                .map(|c| {
-                    let ls = &labels[c * chunk..((c + 1) * chunk).min(labels.len())];
-                    let y = Tensor::from_slice(ls).to_device(device);
-                    self.model.sample(&sampler, &y, seeds[c])
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if parts.is_empty() {
-                bail!(
-                    "rank {rank} of {world} has no chunk to sample: an epoch of {} samples in chunks of {chunk} needs at most {} ranks (lower sample_batch_size)",
-                    labels.len(),
-                    labels.len().div_ceil(chunk)
-                );
-            }
-            let local = super::data_parallel::owned_samples(labels.len(), chunk, rank, world);
-            (Trajectory::cat(parts)?, local)
-        };
+        let which = super::data_parallel::owned_chunks(labels.len(), chunk, rank, world);
+        let traj = self.sample_labels(&sampler, &labels, chunk, &seeds, &which)?;
+        let local = super::data_parallel::owned_samples(labels.len(), chunk, rank, world);
         Ok(Rollout {
             traj,
             conditions: labels,
@@ -442,7 +425,7 @@ impl<P: PolicyModel> Trainer<P> {
             .collect();
         let seed = self.cfg.seed ^ 0xF1ED_0000_0000_0001;
         let sampler = self.model.sampler(&self.cfg);
-        let traj = self.sample_labels(&sampler, &labels, labels.len(), &[seed])?;
+        let traj = self.sample_labels(&sampler, &labels, labels.len(), &[seed], &[0])?;
         let (feats, _) = self.features(&self.images(&traj))?;
         let all = to_features("generated features", &feats)?;
         let noun = self.model.condition_noun();
