@@ -36,7 +36,18 @@ fn check_exhaustive(kind: RewardKind, o: usize, m: usize, n: usize, d: usize, se
     for criterion in [Criterion::Max, Criterion::Min] {
         let got = select(&reward, &cands, m, criterion, Method::Exhaustive).unwrap();
         let (want, value) = brute_select(&reward, &cands, m, criterion);
-        assert_eq!(got.subset, want, "{kind} {criterion:?}");
+        if got.subset != want {
+            // A different subset is right only as a numerical tie: where the reward is
+            // saturated (GP-MI with few references in low dimension) subsets differ in the
+            // last bits, and the incremental factors and a fresh evaluation order them
+            // differently. Scored from scratch, the chosen subset must be as good as the best.
+            let scratch = reward.set_reward(&cands.select_rows(&got.subset)).unwrap();
+            assert!(
+                (scratch - value).abs() <= 1e-9 * value.abs().max(1.0),
+                "{kind} {criterion:?}: chose {:?} ({scratch}), the best is {want:?} ({value})",
+                got.subset
+            );
+        }
         assert_close(got.reward, value, 0.0, 1e-9, "selected reward");
         assert_eq!(got.evaluations, binomial(o, m));
     }
@@ -49,6 +60,8 @@ fn exhaustive_selection_matches_enumeration() {
     check_exhaustive(RewardKind::Recall, 10, 5, 50, 4, 3);
     check_exhaustive(RewardKind::Mmd, 7, 2, 5, 3, 4);
     check_exhaustive(RewardKind::GpMi, 6, 1, 5, 3, 5);
+    // A near-tie: rewards of the best subsets differ by 2e-13 (found by CI's proptest).
+    check_exhaustive(RewardKind::GpMi, 8, 3, 2, 1, 958954);
 }
 
 #[test]
