@@ -859,3 +859,87 @@ fn policy_steps_gate_the_adapters_to_the_first_steps() {
     assert!(got.exists());
     assert!(!dir.path().join("merged").exists());
 }
+
+/// `policy_ema`: the run's result is θ̄_e = d·θ̄_{e−1} + (1 − d)·θ_e from the starting weights
+/// (checked against the closed form over the epochs' weights), the export holds it while the
+/// training weights stay as they are, and a run resumed from a checkpoint continues the average
+/// to the uninterrupted run's.
+#[test]
+fn the_moving_average_is_exported_and_resumes_exactly() {
+    use divrl::config::read_safetensors;
+    let dir = tempfile::tempdir().unwrap();
+    let d = 0.6;
+    let mut cfg = tiny_run_cfg(&dir.path().join("a"));
+    cfg.epochs = 4;
+    cfg.lr = 1e-2;
+    cfg.policy_ema = d;
+    let refs = || two_mode_refs(64, 3);
+    let mut ft = Finetuner::new(cfg.clone(), tiny_model(6), pixels(), refs(), None).unwrap();
+    let mut thetas = vec![snapshot(ft.trainable())];
+    for _ in 0..cfg.epochs {
+        let _ = ft.step_epoch().unwrap();
+        thetas.push(snapshot(ft.trainable()));
+    }
+    let e = cfg.epochs as i32;
+    let want: BTreeMap<String, Tensor> = thetas[0]
+        .keys()
+        .map(|n| {
+            let mut w = thetas[0][n].to_kind(Kind::Double) * d.powi(e);
+            for (i, th) in thetas.iter().enumerate().skip(1) {
+                w += th[n].to_kind(Kind::Double) * ((1.0 - d) * d.powi(e - i as i32));
+            }
+            (n.clone(), w)
+        })
+        .collect();
+    let got: BTreeMap<String, Tensor> = ft.policy_ema().unwrap().tensors().into_iter().collect();
+    assert!(
+        max_change(&want, &got) < 1e-12,
+        "{}",
+        max_change(&want, &got)
+    );
+    let last = snapshot(ft.trainable());
+    let last64: BTreeMap<String, Tensor> = last
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_kind(Kind::Double)))
+        .collect();
+    assert!(
+        max_change(&want, &last64) > 1e-4,
+        "the average must differ from the last weights"
+    );
+
+    // The export holds the average; the training weights are untouched.
+    ft.export().unwrap();
+    assert_eq!(max_change(&last, &snapshot(ft.trainable())), 0.0);
+    let exported: BTreeMap<String, Tensor> = read_safetensors(&cfg.out.join("lora.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(Kind::Double)))
+        .collect();
+    assert!(max_change(&want, &exported) < 1e-6);
+
+    // Two epochs, then a fresh trainer resumes and finishes: the same average as `run` in one go.
+    let run_to = |out: &std::path::Path, epochs: usize, resume: bool| {
+        let mut c = cfg.clone();
+        c.out = out.to_path_buf();
+        c.epochs = epochs;
+        let mut t = Finetuner::new(c, tiny_model(6), pixels(), refs(), None).unwrap();
+        assert_eq!(t.resume().unwrap(), resume);
+        t.run(false).unwrap();
+        t
+    };
+    let whole = run_to(&dir.path().join("b"), 4, false);
+    run_to(&dir.path().join("c"), 2, false);
+    let resumed = run_to(&dir.path().join("c"), 4, true);
+    assert!(dir
+        .path()
+        .join("c/checkpoints/epoch-000004/policy_ema.safetensors")
+        .exists());
+    let avg = |t: &Finetuner| -> BTreeMap<String, Tensor> {
+        t.policy_ema().unwrap().tensors().into_iter().collect()
+    };
+    assert!(max_change(&avg(&whole), &avg(&resumed)) < 1e-9);
+    assert!(
+        max_change(&avg(&whole), &want) < 1e-9,
+        "run = step_epoch by hand"
+    );
+}

@@ -383,6 +383,16 @@ macro_rules! finetune_fields {
                 /// Gradient-norm clip, 0 = off [default: 1]
                 #[arg(long)]
             } trains;
+        /// Polyak average of the trained weights across epochs, 0 = off: after each epoch's update
+        /// θ̄ ← d·θ̄ + (1 − d)·θ, from the starting weights. Evaluations and the export use θ̄
+        /// (PPO's last iterate wanders between epochs); training samples with the current weights.
+        /// See [`crate::rl::policy_ema`].
+        policy_ema: f64 = 0.0,
+            set f64 {
+                /// Evaluate and export a moving average of the weights over epochs with this decay, in
+                /// [0, 1); 0 = the last weights [default: 0]
+                #[arg(long)]
+            } trains;
         // ---- what is trained -------------------------------------------------------------------------
         lora_rank: i64 = LoraConfig::default().rank,
             set i64 {
@@ -710,6 +720,9 @@ impl FinetuneConfig {
             || !non_negative(self.kl_coef)
         {
             bail!("weight_decay, max_grad_norm and kl_coef must be finite and >= 0");
+        }
+        if !(0.0..1.0).contains(&self.policy_ema) {
+            bail!("policy_ema must be in [0, 1), got {}", self.policy_ema);
         }
         if !(0.0..1.0).contains(&self.adam_beta1)
             || !(0.0..1.0).contains(&self.adam_beta2)

@@ -18,6 +18,7 @@
 //!   pixels, the attribute oracle).
 //! - [`step_gate`]: adapters on the first `policy_steps` sampling steps only, the base after;
 //!   [`adapted`]: a finished run's adapters on its base, for sampling.
+//! - [`policy_ema`]: the Polyak average of the weights that evaluations and exports use.
 //! - [`run_dir`]: the run folder: log lines, checkpoints with exact resume, pruning;
 //!   [`run_log`]: the log's records and their reader.
 //! - [`setup`]: a [`Finetuner`] or [`SdFinetuner`] from a config (model, ϕ, references,
@@ -30,6 +31,7 @@ pub mod data_parallel;
 pub mod evaluator;
 pub mod model;
 pub mod policy;
+pub mod policy_ema;
 pub mod ppo;
 pub mod presets;
 pub mod run_dir;

@@ -65,13 +65,15 @@ impl RunDir {
         write_atomic(&self.out.join(LOG_FILE), text.as_bytes())
     }
 
-    /// Writes `checkpoints/epoch-NNNNNN/` through a temporary folder and a rename, then points
-    /// `checkpoints/latest` at it, then keeps only the newest `keep` checkpoints.
+    /// Writes `checkpoints/epoch-NNNNNN/` (with `extra` tensor files, e.g. the policy's moving
+    /// average) through a temporary folder and a rename, then points `checkpoints/latest` at it,
+    /// then keeps only the newest `keep` checkpoints.
     pub fn save_checkpoint(
         &mut self,
         trainable: &VarStore,
         opt: &AdamW,
         state: &RlState,
+        extra: &[(&str, Vec<(String, Tensor)>)],
         keep: usize,
     ) -> Result<PathBuf> {
         let root = self.out.join(CHECKPOINTS_DIR);
@@ -85,6 +87,9 @@ impl RunDir {
         let vars: Vec<(String, Tensor)> = trainable.variables().into_iter().collect();
         write_safetensors_atomic(&tmp.join(TRAINABLE_FILE), &vars)?;
         write_safetensors_atomic(&tmp.join(OPTIM_FILE), &opt.state())?;
+        for (file, tensors) in extra {
+            write_safetensors_atomic(&tmp.join(file), tensors)?;
+        }
         write_atomic(&tmp.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)?;
         let dst = root.join(&name);
         if dst.exists() {
@@ -194,7 +199,7 @@ mod tests {
             });
             run.append_log(&serde_json::json!({"kind": "epoch", "epoch": e}))
                 .unwrap();
-            run.save_checkpoint(&vs, &opt, &state(e), 2).unwrap();
+            run.save_checkpoint(&vs, &opt, &state(e), &[], 2).unwrap();
         }
         let root = tmp.path().join(CHECKPOINTS_DIR);
         let mut kept: Vec<String> = std::fs::read_dir(&root)

@@ -36,6 +36,7 @@ use super::data_parallel::DataParallel;
 use super::evaluator::{eval_images, EvalSet, Evaluator};
 use super::model::PolicyModel;
 use super::policy::StepBatch;
+use super::policy_ema::{PolicyEma, POLICY_EMA_FILE};
 pub use super::ppo::PpoStats;
 use super::ppo::{self, StepPolicy};
 use super::run_dir::{RlState, RunDir};
@@ -97,6 +98,8 @@ pub struct Trainer<P: PolicyModel> {
     fixed_set_reward: Option<f64>,
     /// This process's rank and collectives in a data-parallel run ([`Trainer::set_data_parallel`]).
     dp: Option<Mutex<DataParallel>>,
+    /// The weights' moving average when `policy_ema > 0`: what evaluations and exports use.
+    ema: Option<PolicyEma>,
 }
 
 /// Fine-tuning of the class-conditional UNet (Algorithm 1 with [`UnetPolicy`]).
@@ -167,6 +170,11 @@ impl<P: PolicyModel> Trainer<P> {
                 weight_decay: cfg.weight_decay,
             },
         );
+        let ema = if cfg.policy_ema > 0.0 {
+            Some(PolicyEma::new(model.trainable(), cfg.policy_ema)?)
+        } else {
+            None
+        };
         Ok(Self {
             tracker: ConditionStatTracker::new(cfg.tracker_buffer, cfg.tracker_min_count),
             rng: SplitMix64(cfg.seed ^ 0x5EED_D1B5_0000_0001),
@@ -182,6 +190,7 @@ impl<P: PolicyModel> Trainer<P> {
             evaluator: Evaluator { phi, set: eval },
             fixed_set_reward: None,
             dp: None,
+            ema,
         })
     }
 
@@ -496,6 +505,9 @@ impl<P: PolicyModel> Trainer<P> {
         let mut adv = self.tracker.update(&roll.conditions, &scores.rewards)?;
         clip_advantages(&mut adv, self.cfg.adv_clip);
         let ppo = self.ppo_update(&roll, &adv)?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(self.model.trainable())?;
+        }
         self.epoch += 1;
         let secs = t0.elapsed().as_secs_f64();
         self.train_seconds += secs;
@@ -557,8 +569,25 @@ impl<P: PolicyModel> Trainer<P> {
     /// function of the seed only, so the same before and after fine-tuning). Conditions are
     /// interleaved: image `i` has condition `classes[i % classes.len()]`, so every
     /// Inception-Score split holds every condition. `[-1, 1]`, on the CPU.
+    /// With `policy_ema` the images come from the weights' moving average.
     pub fn eval_images(&self, per_class: usize, guidance: f64) -> Result<Tensor> {
-        eval_images(&self.model, &self.cfg, &self.classes, per_class, guidance)
+        self.with_result_weights(|| {
+            eval_images(&self.model, &self.cfg, &self.classes, per_class, guidance)
+        })
+    }
+
+    /// Runs `f` with the run's result in the model: the moving average of the weights with
+    /// `policy_ema`, the current weights otherwise; the current weights are back afterwards.
+    pub fn with_result_weights<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        match &self.ema {
+            Some(ema) => ema.apply(self.model.trainable(), f),
+            None => f(),
+        }
+    }
+
+    /// The weights' moving average (`policy_ema > 0`).
+    pub fn policy_ema(&self) -> Option<&PolicyEma> {
+        self.ema.as_ref()
     }
 
     /// Metrics of generated `[-1, 1]` images against the held-out real features (and the
@@ -601,10 +630,16 @@ impl<P: PolicyModel> Trainer<P> {
     /// Writes `out/checkpoints/epoch-NNNNNN/` ([`RunDir::save_checkpoint`]).
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let state = self.state();
+        let extra: Vec<(&str, Vec<(String, Tensor)>)> = self
+            .ema
+            .iter()
+            .map(|ema| (POLICY_EMA_FILE, ema.tensors()))
+            .collect();
         self.run_dir.save_checkpoint(
             self.model.trainable(),
             &self.opt,
             &state,
+            &extra,
             self.cfg.keep_checkpoints,
         )
     }
@@ -629,6 +664,13 @@ impl<P: PolicyModel> Trainer<P> {
         }
         self.run_dir
             .restore(&dir, state.epoch, self.model.trainable_mut(), &mut self.opt)?;
+        if let Some(ema) = &mut self.ema {
+            let path = dir.join(POLICY_EMA_FILE);
+            let saved = crate::config::read_safetensors(&path)
+                .with_context(|| format!("the moving average of {}", dir.display()))?;
+            ema.load(saved)
+                .with_context(|| format!("loading {}", path.display()))?;
+        }
         self.tracker = state.tracker;
         self.rng = SplitMix64(state.rng);
         self.epoch = state.epoch;
@@ -762,8 +804,9 @@ impl<P: PolicyModel> Trainer<P> {
 
     /// Writes the trained result into the run folder ([`PolicyModel::export`]); returns what a
     /// user loads next (`out/merged` for the UNet, `out/lora` for Stable Diffusion).
+    /// With `policy_ema` the export holds the weights' moving average.
     pub fn export(&self) -> Result<PathBuf> {
-        self.model.export(&self.cfg)
+        self.with_result_weights(|| self.model.export(&self.cfg))
     }
 }
 
