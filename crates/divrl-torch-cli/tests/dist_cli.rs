@@ -168,8 +168,8 @@ fn assert_logs_agree(a: &Path, b: &Path, epochs: usize, rewards_tol: f64, ppo_to
 }
 
 /// One epoch in one optimizer step (minibatch = the whole epoch): the two ranks' summed
-/// gradient is the one process's, so the adapters agree to 1e-6 (measured: 8.5e-9) and the
-/// logs' rewards are equal.
+/// gradient is the one process's, so the adapters agree to 1e-6 (measured: identical bits) and
+/// the logs' rewards are equal.
 #[test]
 fn two_ranks_take_the_one_process_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,10 +210,10 @@ fn two_ranks_take_the_one_process_step() {
 }
 
 /// Two epochs of several optimizer steps (minibatches of 6 that mix the ranks' samples, two
-/// inner epochs): the runs stay together to float-summation noise, which Adam's per-coordinate
-/// normalisation amplifies for near-zero gradients. The bound is 2e-5 (measured 2–5e-6), and
-/// the gap must be smaller than the one between the same process on 1 and on 2 threads
-/// (measured 5e-5 to 2e-4): data parallelism moves the result less than a thread count does.
+/// inner epochs, the KL term): the same LoRA weights to 1e-6 (measured: identical bits, since
+/// each sampling chunk's gradient is computed apart and the chunks are added in chunk order in
+/// both runs). The same process on 2 threads instead of 1 moves them by far more (measured
+/// 1.4e-4), so the comparison is not vacuous.
 #[test]
 fn two_ranks_train_what_one_process_trains() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,10 +227,10 @@ fn two_ranks_train_what_one_process_trains() {
     let gap = weight_gap(&one, &two);
     let thread_gap = weight_gap(&one, &threads);
     assert!(
-        gap <= 2e-5 && gap < thread_gap,
+        gap <= 1e-6 && thread_gap > 1e-6,
         "2 ranks differ from 1 process by {gap} (1 vs 2 threads: {thread_gap})"
     );
-    assert_logs_agree(&one, &two, 2, 1e-5, 1e-3);
+    assert_logs_agree(&one, &two, 2, 0.0, 1e-9);
 }
 
 #[test]

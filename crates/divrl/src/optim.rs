@@ -115,6 +115,12 @@ impl AdamW {
         (flat, defined)
     }
 
+    /// ([`AdamW::flat_grads`]' length, number of variables).
+    pub fn grad_layout(&self) -> (usize, usize) {
+        let n = self.params.iter().map(|p| p.numel()).sum();
+        (n, self.params.len())
+    }
+
     /// Sets the gradients from [`AdamW::flat_grads`]' layout; a variable marked undefined gets
     /// none.
     pub fn set_flat_grads(&mut self, flat: &[f32], defined: &[bool]) -> Result<()> {

@@ -9,9 +9,12 @@
 //! the chunks with `i % world == r`. After the exchange every rank holds the features of the whole
 //! epoch in the single-process order, so rewards, advantages and the advantage tracker are the
 //! same on every rank as in one process; each rank then trains on its own trajectories, with the
-//! loss scaled by the global minibatch size, and the gradients are summed over ranks (in rank
-//! order, so every rank holds the same bits and the weights never diverge) before clipping and
-//! the optimizer step. The result is the single-process run's, up to the order of float sums.
+//! loss scaled by the global minibatch size. The gradient of an optimizer step is defined chunk
+//! by chunk: each sampling chunk's members of a minibatch are forwarded together, their gradient
+//! is kept apart ([`ChunkGrad`]), and the step's gradient is the chunks' sum in chunk order
+//! ([`sum_in_chunk_order`]) — in one process as on any number of ranks. Every forward pass, every
+//! float sum and so every weight is then the same bits whichever rank holds which chunk: a run on
+//! N ranks is the one-process run with the same `sample_batch_size`.
 use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
@@ -152,21 +155,111 @@ impl DataParallel {
         Ok(out)
     }
 
-    /// Replaces the gradients of `opt`'s variables by their sum over ranks. A variable whose
-    /// gradient no rank defined keeps none (the optimizer skips it, as in one process).
-    pub fn all_sum_grads(&mut self, opt: &mut AdamW) -> Result<()> {
-        let (mut flat, mut defined) = opt.flat_grads();
-        let n = flat.len();
-        // One exchange: the gradients, then one "defined" flag per variable.
-        flat.extend(defined.iter().map(|&d| if d { 1.0f32 } else { 0.0 }));
-        self.comm
-            .all_sum_f32(&mut flat)
-            .context("summing the gradients over ranks")?;
-        for (d, s) in defined.iter_mut().zip(&flat[n..]) {
-            *d = *s > 0.0;
+    /// Every rank's chunk gradients of the step, on every rank. `mine` may be empty (no member of
+    /// the step's minibatches is this rank's); `layout` is [`AdamW::grad_layout`].
+    pub fn gather_chunk_grads(
+        &mut self,
+        mine: Vec<ChunkGrad>,
+        layout: (usize, usize),
+    ) -> Result<Vec<ChunkGrad>> {
+        let (n, vars) = layout;
+        if let Some(g) = mine
+            .iter()
+            .find(|g| g.values.len() != n || g.defined.len() != vars)
+        {
+            bail!("chunk {} has a gradient of another layout", g.chunk);
         }
-        opt.set_flat_grads(&flat[..n], &defined)
+        let mut flat = Vec::with_capacity(mine.len() * (1 + n + vars));
+        for g in &mine {
+            // The chunk index travels as the bits of an f32, exactly.
+            flat.push(f32::from_bits(g.chunk as u32));
+            flat.extend_from_slice(&g.values);
+            flat.extend(g.defined.iter().map(|&d| if d { 1.0f32 } else { 0.0 }));
+        }
+        let parts = self
+            .comm
+            .all_gather_f32_any(&flat)
+            .context("gathering the chunks' gradients from every rank")?;
+        let mut all = Vec::new();
+        for (r, p) in parts.iter().enumerate() {
+            if p.len() % (1 + n + vars) != 0 {
+                bail!(
+                    "rank {r} sent {} gradient values, not a whole number of chunks of {}",
+                    p.len(),
+                    1 + n + vars
+                );
+            }
+            for c in p.chunks_exact(1 + n + vars) {
+                all.push(ChunkGrad {
+                    chunk: c[0].to_bits() as usize,
+                    values: c[1..1 + n].to_vec(),
+                    defined: c[1 + n..].iter().map(|&d| d > 0.0).collect(),
+                });
+            }
+        }
+        Ok(all)
     }
+}
+
+/// The gradient that one sampling chunk's members of an optimizer step's minibatches
+/// contributed, in [`AdamW::flat_grads`]' layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkGrad {
+    pub chunk: usize,
+    pub values: Vec<f32>,
+    /// Which variables got a gradient.
+    pub defined: Vec<bool>,
+}
+
+impl ChunkGrad {
+    /// Takes the gradients `opt` holds as chunk `chunk`'s and zeroes them.
+    pub fn take(opt: &mut AdamW, chunk: usize) -> Self {
+        let (values, defined) = opt.flat_grads();
+        opt.zero_grad();
+        Self {
+            chunk,
+            values,
+            defined,
+        }
+    }
+
+    /// Adds another minibatch's gradient of the same chunk.
+    pub fn add(&mut self, other: &ChunkGrad) {
+        for (a, b) in self.values.iter_mut().zip(&other.values) {
+            *a += b;
+        }
+        for (a, b) in self.defined.iter_mut().zip(&other.defined) {
+            *a |= b;
+        }
+    }
+}
+
+/// Adds `g` to the list of `parts` (the chunk's entry if it has one).
+pub fn accumulate(parts: &mut Vec<ChunkGrad>, g: ChunkGrad) {
+    match parts.iter_mut().find(|p| p.chunk == g.chunk) {
+        Some(p) => p.add(&g),
+        None => parts.push(g),
+    }
+}
+
+/// The step's gradient: the chunks' gradients added in chunk order (the same float sums in one
+/// process and on any number of ranks); a variable is defined when any chunk defined it.
+pub fn sum_in_chunk_order(mut parts: Vec<ChunkGrad>) -> Result<(Vec<f32>, Vec<bool>)> {
+    parts.sort_by_key(|p| p.chunk);
+    if let Some(w) = parts.windows(2).find(|w| w[0].chunk == w[1].chunk) {
+        bail!("chunk {} has two gradients", w[0].chunk);
+    }
+    let mut it = parts.into_iter();
+    let Some(mut total) = it.next() else {
+        bail!("no gradient to sum");
+    };
+    for p in it {
+        if p.values.len() != total.values.len() || p.defined.len() != total.defined.len() {
+            bail!("chunk {} has a gradient of another layout", p.chunk);
+        }
+        total.add(&p);
+    }
+    Ok((total.values, total.defined))
 }
 
 #[cfg(test)]
@@ -194,6 +287,38 @@ mod tests {
             assert_eq!(back, want);
         }
         assert_eq!(owned_chunks(10, 3, 1, 2), vec![1, 3]);
+    }
+
+    /// The chunks' sum does not depend on the order the parts arrive in (ranks) or on how a
+    /// chunk's minibatches were split, and a chunk met twice is an error.
+    #[test]
+    fn chunk_gradients_add_in_chunk_order() {
+        let g = |chunk, values: &[f32], defined: &[bool]| ChunkGrad {
+            chunk,
+            values: values.to_vec(),
+            defined: defined.to_vec(),
+        };
+        // Values whose f32 sum depends on the order: 1e8 + 1 − 1e8.
+        let parts = vec![
+            g(2, &[-1e8, 0.0], &[true, false]),
+            g(0, &[1e8, 0.0], &[true, false]),
+            g(1, &[1.0, 2.0], &[true, true]),
+        ];
+        let (v, d) = sum_in_chunk_order(parts.clone()).unwrap();
+        assert_eq!(v, vec![(1e8f32 + 1.0) - 1e8, 2.0]);
+        assert_eq!(d, vec![true, true]);
+        let mut rev = parts.clone();
+        rev.reverse();
+        assert_eq!(sum_in_chunk_order(rev).unwrap(), (v.clone(), d.clone()));
+        // Chunk 1's gradient in two minibatches.
+        let mut split = vec![parts[0].clone(), parts[1].clone()];
+        accumulate(&mut split, g(1, &[0.5, 2.0], &[true, true]));
+        accumulate(&mut split, g(1, &[0.5, 0.0], &[false, false]));
+        assert_eq!(split.len(), 3);
+        assert_eq!(sum_in_chunk_order(split).unwrap(), (v, d));
+        let twice = vec![parts[1].clone(), parts[1].clone()];
+        assert!(sum_in_chunk_order(twice).is_err());
+        assert!(sum_in_chunk_order(Vec::new()).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! paper's eq. 20 for one step).
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
 use crate::optim::AdamW;
@@ -14,7 +15,7 @@ use crate::sample::Trajectory;
 use crate::schedule::{NoiseSchedule, SamplerConfig, StepGaussian};
 
 use super::config::FinetuneConfig;
-use super::data_parallel::DataParallel;
+use super::data_parallel::{accumulate, sum_in_chunk_order, ChunkGrad, DataParallel};
 use super::policy::StepBatch;
 
 /// The loss (differentiable) and its diagnostics.
@@ -116,15 +117,21 @@ pub fn ppo_update(
     rng: &mut SplitMix64,
     epoch: usize,
 ) -> Result<PpoStats> {
-    ppo_update_shard(replay, traj, advantages, cfg, opt, rng, epoch, None)
+    let one_chunk = advantages.len();
+    ppo_update_shard(
+        replay, traj, advantages, cfg, opt, rng, epoch, one_chunk, None,
+    )
 }
 
-/// One rank's share of a data-parallel PPO phase: `traj` holds the trajectories `local` (indices
-/// into the epoch's `advantages`, in `traj`'s order) and every rank walks the same minibatches of
-/// the whole epoch (the shuffles draw from the same `rng` stream on every rank), computes the
-/// loss of its own members scaled to the whole minibatch, and sums the gradients over ranks
-/// before each optimizer step; the statistics are summed (maximum for `first_ratio_max_dev`).
-/// With `shard` = `None`, `traj` holds the whole epoch: [`ppo_update`].
+/// [`ppo_update`] over an epoch sampled in chunks of `chunk` trajectories (sample `i` in chunk
+/// `i / chunk`), in one process (`shard` = `None`: `traj` holds the whole epoch) or as one rank
+/// of a data-parallel run: `traj` holds the trajectories `local` (indices into the epoch's
+/// `advantages`, in `traj`'s order), every rank walks the same minibatches of the whole epoch
+/// (the shuffles draw from the same `rng` stream on every rank) and computes the loss of its own
+/// members scaled to the whole minibatch. With several chunks each chunk's members of a
+/// minibatch are forwarded together and its gradient kept apart; the step's gradient is the
+/// chunks' sum in chunk order, gathered from every rank ([`super::data_parallel`]). The
+/// statistics are summed over ranks (maximum for `first_ratio_max_dev`).
 #[allow(clippy::needless_range_loop)] // j indexes each trajectory's own timestep order
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update_shard(
@@ -135,6 +142,7 @@ pub fn ppo_update_shard(
     opt: &mut AdamW,
     rng: &mut SplitMix64,
     epoch: usize,
+    chunk: usize,
     mut shard: Option<(&[usize], &mut DataParallel)>,
 ) -> Result<PpoStats> {
     let held = traj.latents.size()[1] as usize;
@@ -168,6 +176,14 @@ pub fn ppo_update_shard(
     let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
         .to_device(device);
     let sampler = &traj.sampler;
+    // With one sampling chunk (one process, `sample_batch_size` 0) the gradients simply
+    // accumulate; with several, each chunk's stays apart until the step
+    // ([`super::data_parallel`]: the same bits in one process and on any number of ranks).
+    let chunk = chunk.max(1);
+    let chunked = b > chunk;
+    if shard.is_some() && !chunked {
+        bail!("a data-parallel PPO phase needs several sampling chunks, the epoch has one");
+    }
     let mut st = PpoStats::default();
     let (mut n_terms, mut before_first_step) = (0usize, true);
     for _ in 0..cfg.inner_epochs {
@@ -184,54 +200,70 @@ pub fn ppo_update_shard(
         for group in minibatches.chunks(cfg.grad_accum) {
             opt.zero_grad();
             let denom = (n_t * group.len()) as f64;
+            // Each sampling chunk's gradient apart, when the epoch has several chunks.
+            let mut parts: Vec<ChunkGrad> = Vec::new();
             for mb in group {
-                // This process's members of the minibatch, and their share of its mean.
-                let mine: Vec<usize> = mb.iter().copied().filter(|&i| at[i].is_some()).collect();
                 n_terms += n_t;
-                if mine.is_empty() {
-                    continue;
+                // This process's members of the minibatch by sampling chunk (minibatch order
+                // within a chunk); each chunk's members are one forward batch.
+                let mut by_chunk: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+                for &i in mb.iter().filter(|&&i| at[i].is_some()) {
+                    by_chunk.entry(i / chunk).or_default().push(i);
                 }
-                let share = mine.len() as f64 / mb.len() as f64;
-                let rows: Vec<usize> = mine.iter().map(|&i| at[i].expect("held")).collect();
-                let mb_idx =
-                    Tensor::from_slice(&mine.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                        .to_device(device);
-                let a = adv.index_select(0, &mb_idx);
-                for j in 0..n_t {
-                    let steps: Vec<usize> = mine.iter().map(|&i| tperm[i][j]).collect();
-                    let sb = StepBatch::gather(replay.sched, traj, &rows, &steps);
-                    let g = replay.policy.gaussian(&sb, sampler);
-                    let lp = g.log_prob(&sb.x_s, sampler.reduction);
-                    let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
-                    let mut loss = terms.loss;
-                    let mut kl_value = 0.0;
-                    if let Some(base) = replay.base {
-                        let base_mean = tch::no_grad(|| base.gaussian(&sb, sampler).mean);
-                        let kl = g.kl_to(&base_mean, sampler.reduction).mean(Kind::Float);
-                        kl_value = kl.double_value(&[]);
-                        loss += kl * cfg.kl_coef;
+                for (c, mine) in by_chunk {
+                    // Their share of the minibatch's mean.
+                    let share = mine.len() as f64 / mb.len() as f64;
+                    let rows: Vec<usize> = mine.iter().map(|&i| at[i].expect("held")).collect();
+                    let mb_idx =
+                        Tensor::from_slice(&mine.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                            .to_device(device);
+                    let a = adv.index_select(0, &mb_idx);
+                    for j in 0..n_t {
+                        let steps: Vec<usize> = mine.iter().map(|&i| tperm[i][j]).collect();
+                        let sb = StepBatch::gather(replay.sched, traj, &rows, &steps);
+                        let g = replay.policy.gaussian(&sb, sampler);
+                        let lp = g.log_prob(&sb.x_s, sampler.reduction);
+                        let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
+                        let mut loss = terms.loss;
+                        let mut kl_value = 0.0;
+                        if let Some(base) = replay.base {
+                            let base_mean = tch::no_grad(|| base.gaussian(&sb, sampler).mean);
+                            let kl = g.kl_to(&base_mean, sampler.reduction).mean(Kind::Float);
+                            kl_value = kl.double_value(&[]);
+                            loss += kl * cfg.kl_coef;
+                        }
+                        if share < 1.0 {
+                            loss *= share;
+                        }
+                        let lv = loss.double_value(&[]);
+                        if !lv.is_finite() {
+                            bail!("non-finite PPO loss ({lv}) at epoch {epoch}");
+                        }
+                        (loss / denom).backward();
+                        replay.policy.finish_backward()?;
+                        st.loss += lv;
+                        st.kl_to_base += kl_value * share;
+                        st.approx_kl += terms.approx_kl * share;
+                        st.clip_fraction += terms.clip_fraction * share;
+                        if before_first_step {
+                            st.first_ratio_max_dev =
+                                st.first_ratio_max_dev.max(terms.max_ratio_dev);
+                        }
                     }
-                    if share < 1.0 {
-                        loss *= share;
-                    }
-                    let lv = loss.double_value(&[]);
-                    if !lv.is_finite() {
-                        bail!("non-finite PPO loss ({lv}) at epoch {epoch}");
-                    }
-                    (loss / denom).backward();
-                    replay.policy.finish_backward()?;
-                    st.loss += lv;
-                    st.kl_to_base += kl_value * share;
-                    st.approx_kl += terms.approx_kl * share;
-                    st.clip_fraction += terms.clip_fraction * share;
-                    if before_first_step {
-                        st.first_ratio_max_dev = st.first_ratio_max_dev.max(terms.max_ratio_dev);
+                    if chunked {
+                        accumulate(&mut parts, ChunkGrad::take(opt, c));
                     }
                 }
             }
-            if let Some((_, dp)) = shard.as_mut() {
-                dp.all_sum_grads(opt)
-                    .with_context(|| format!("epoch {epoch}"))?;
+            if chunked {
+                let parts = match shard.as_mut() {
+                    Some((_, dp)) => dp
+                        .gather_chunk_grads(parts, opt.grad_layout())
+                        .with_context(|| format!("epoch {epoch}"))?,
+                    None => parts,
+                };
+                let (values, defined) = sum_in_chunk_order(parts)?;
+                opt.set_flat_grads(&values, &defined)?;
             }
             let norm = opt.clip_grad_norm(cfg.max_grad_norm);
             if !norm.is_finite() {

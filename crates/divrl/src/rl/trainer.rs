@@ -417,6 +417,7 @@ impl<P: PolicyModel> Trainer<P> {
                 opt,
                 rng,
                 *epoch + 1,
+                roll.chunk,
                 shard,
             )
         })
