@@ -336,13 +336,33 @@ impl<P: PolicyModel> Trainer<P> {
         self.evaluator.features(images)
     }
 
+    /// ϕ-features of this process's rollout `images`, one sampling chunk at a time: a chunk's
+    /// features are then the same bits whichever process computes them (ϕ's batched forward
+    /// differs in the last bits with the batch it runs in). One call when there is one chunk.
+    fn chunk_features(&self, roll: &Rollout, images: &Tensor) -> Result<Tensor> {
+        let n = roll.conditions.len();
+        let (rank, world) = self.rank_world();
+        let which = super::data_parallel::owned_chunks(n, roll.chunk, rank, world);
+        if which.len() <= 1 {
+            return Ok(self.features(images)?.0);
+        }
+        let mut parts = Vec::with_capacity(which.len());
+        let mut at = 0i64;
+        for c in which {
+            let len = (((c + 1) * roll.chunk).min(n) - c * roll.chunk) as i64;
+            parts.push(self.features(&images.narrow(0, at, len))?.0);
+            at += len;
+        }
+        Ok(Tensor::cat(&parts, 0))
+    }
+
     /// Algorithm 1, lines 4–5: set rewards per condition on ϕ of the rollout's `images`, and
     /// each image's marginal utility. A non-finite feature or reward is an error (the run stops
     /// before touching the weights).
     pub fn score(&self, roll: &Rollout, images: &Tensor) -> Result<Scores> {
         let noun = self.model.condition_noun();
-        let (feats, _) = self
-            .features(images)
+        let feats = self
+            .chunk_features(roll, images)
             .map_err(|e| anyhow::anyhow!("non-finite or failed ϕ features: {e}"))?;
         // In a data-parallel run `images` are this rank's: every rank gets the whole epoch's.
         let n = roll.conditions.len();
