@@ -6,8 +6,9 @@
 //!
 //! What a data-parallel RL run exchanges is small and needs to be identical on every rank: the
 //! ϕ-features of an epoch's images (the set reward needs the whole set) and the LoRA gradients
-//! (tens of thousands of floats). [`Comm::all_sum_f32`] gathers every rank's vector and adds them
-//! up in rank order, so the sum is bit-identical on every rank, whatever the network did.
+//! (tens of thousands of floats). Every exchange is an all-gather, and what is added up is added
+//! on every rank in the same order ([`Comm::all_sum_f32`]: rank order), so the sum is
+//! bit-identical on every rank, whatever the network did.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), divrl_dist::DistError> {

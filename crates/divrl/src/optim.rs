@@ -124,16 +124,16 @@ impl AdamW {
     /// Sets the gradients from [`AdamW::flat_grads`]' layout; a variable marked undefined gets
     /// none.
     pub fn set_flat_grads(&mut self, flat: &[f32], defined: &[bool]) -> Result<()> {
-        let total: usize = self.params.iter().map(|p| p.numel()).sum();
-        if flat.len() != total || defined.len() != self.params.len() {
+        let (total, vars) = self.grad_layout();
+        if flat.len() != total || defined.len() != vars {
             bail!(
                 "{} gradient values for {} variables of {total} values",
                 flat.len(),
                 self.params.len()
             );
         }
-        // Only a defined gradient can be written: a variable with none on this rank gets a
-        // zero one from a backward pass through `0 · p` (outside no_grad).
+        // Only a defined gradient can be written: a variable with none here gets a zero one
+        // from a backward pass through `0 · p` (outside no_grad).
         for (p, &d) in self.params.iter().zip(defined) {
             if d && !p.grad().defined() {
                 (p * 0.0).sum(Kind::Float).backward();
@@ -146,7 +146,7 @@ impl AdamW {
                 let values = &flat[at..at + n];
                 at += n;
                 if !d {
-                    // No rank has a gradient for it (so neither has this one): step() skips it.
+                    // Nothing gave it a gradient (and it has none here): step() skips it.
                     continue;
                 }
                 let v = Tensor::from_slice(values)

@@ -27,6 +27,13 @@ pub struct DataParallel {
     comm: Comm,
 }
 
+/// The samples of chunk `c` when an epoch of `n` samples is cut into chunks of `chunk` (the last
+/// one shorter).
+pub fn chunk_range(n: usize, chunk: usize, c: usize) -> std::ops::Range<usize> {
+    let chunk = chunk.max(1);
+    c * chunk..((c + 1) * chunk).min(n)
+}
+
 /// The chunks (of `chunk` samples, the last one shorter) of an epoch of `n` samples that `rank`
 /// of `world` samples: `i % world == rank`.
 pub fn owned_chunks(n: usize, chunk: usize, rank: usize, world: usize) -> Vec<usize> {
@@ -37,10 +44,9 @@ pub fn owned_chunks(n: usize, chunk: usize, rank: usize, world: usize) -> Vec<us
 
 /// The sample indices (in the epoch's order) that `rank` holds, in the order it holds them.
 pub fn owned_samples(n: usize, chunk: usize, rank: usize, world: usize) -> Vec<usize> {
-    let chunk = chunk.max(1);
     owned_chunks(n, chunk, rank, world)
         .into_iter()
-        .flat_map(|c| c * chunk..((c + 1) * chunk).min(n))
+        .flat_map(|c| chunk_range(n, chunk, c))
         .collect()
 }
 
@@ -55,10 +61,9 @@ pub fn interleave_rows<T: Copy>(
     let world = parts.len();
     let mut out = Vec::with_capacity(n * dim);
     let mut at = vec![0usize; world];
-    let chunk = chunk.max(1);
-    for c in 0..n.div_ceil(chunk) {
+    for c in 0..n.div_ceil(chunk.max(1)) {
         let r = c % world;
-        let rows = ((c + 1) * chunk).min(n) - c * chunk;
+        let rows = chunk_range(n, chunk, c).len();
         let (from, to) = (at[r], at[r] + rows * dim);
         if to > parts[r].len() {
             bail!(

@@ -44,10 +44,6 @@ impl PolicyEma {
         Ok(Self { decay, average })
     }
 
-    pub fn decay(&self) -> f64 {
-        self.decay
-    }
-
     /// θ̄ ← d·θ̄ + (1 − d)·θ for every variable of `vs`.
     pub fn update(&mut self, vs: &VarStore) -> Result<()> {
         let d = self.decay;

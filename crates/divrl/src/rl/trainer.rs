@@ -279,7 +279,7 @@ impl<P: PolicyModel> Trainer<P> {
         let parts = which
             .iter()
             .map(|&c| {
-                let ls = &labels[c * chunk..((c + 1) * chunk).min(labels.len())];
+                let ls = &labels[super::data_parallel::chunk_range(labels.len(), chunk, c)];
                 let y = Tensor::from_slice(ls).to_device(device);
                 self.model.sample(sampler, &y, seeds[c])
             })
@@ -349,7 +349,7 @@ impl<P: PolicyModel> Trainer<P> {
         let mut parts = Vec::with_capacity(which.len());
         let mut at = 0i64;
         for c in which {
-            let len = (((c + 1) * roll.chunk).min(n) - c * roll.chunk) as i64;
+            let len = super::data_parallel::chunk_range(n, roll.chunk, c).len() as i64;
             parts.push(self.features(&images.narrow(0, at, len))?.0);
             at += len;
         }
