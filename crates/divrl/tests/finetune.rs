@@ -76,6 +76,13 @@ fn pixels() -> Box<dyn Extractor> {
     Box::new(PixelExtractor::new(8, 1).unwrap())
 }
 
+/// Standard-normal test inputs from a seeded SplitMix64, not libtorch's global generator: the
+/// tests of this file run in parallel threads, and a global draw during another test's seeded
+/// model initialisation ([`divrl::rng::with_torch_seed`]) would change that model's weights.
+fn noise(shape: &[i64], seed: u64) -> Tensor {
+    divrl::rng::SplitMix64(seed).randn(shape, Device::Cpu)
+}
+
 fn snapshot(vs: &VarStore) -> BTreeMap<String, Tensor> {
     vs.variables()
         .into_iter()
@@ -275,7 +282,7 @@ fn merged_export_equals_the_adapted_model() {
     ft.run(false).unwrap();
     assert!(dir.path().join("lora.safetensors").exists());
     let merged = load_model(&dir.path().join("merged"), Device::Cpu, true).unwrap();
-    let x = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let x = noise(&[3, 1, 8, 8], 1);
     let t = Tensor::from_slice(&[10i64, 500, 900]);
     let c = Tensor::from_slice(&[0i64, 1, 3]);
     let a = tch::no_grad(|| ft.model.unet.forward(&x, &t, &c));
@@ -303,7 +310,7 @@ fn a_runs_adapters_on_its_base_are_the_trained_policy() {
     divrl::config::write_toml(&base_dir.join(CONFIG_FILE), &base.config).unwrap();
     let vars: Vec<(String, Tensor)> = base.vs.variables().into_iter().collect();
     divrl::config::write_safetensors_atomic(&base_dir.join(EMA_FILE), &vars).unwrap();
-    let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let x = noise(&[4, 1, 8, 8], 2);
     let c = Tensor::from_slice(&[0i64, 1, 3, 2]);
     let eps = |m: &dyn EpsModel, t: i64| {
         tch::no_grad(|| m.eps(&x, &Tensor::full([4], t, (Kind::Int64, Device::Cpu)), &c))
@@ -834,7 +841,7 @@ fn policy_steps_gate_the_adapters_to_the_first_steps() {
     tch::no_grad(|| {
         for (n, t) in lora.variables() {
             if n.ends_with("lora_b") {
-                t.shallow_clone().copy_(&(t.randn_like() * 0.3));
+                t.shallow_clone().copy_(&(noise(&t.size(), 3) * 0.3));
             }
         }
     });
