@@ -895,6 +895,103 @@ fn policy_steps_gate_the_adapters_to_the_first_steps() {
     assert!(!dir.path().join("merged").exists());
 }
 
+/// `policy_ema_of = "lora-product"`: the average is of each adapter's update B·A (closed form
+/// over the epochs' weights); the export holds its best rank-r factors (error = the tail of the
+/// singular values, from an independent eigen-decomposition); a resumed run continues it exactly.
+#[test]
+fn the_lora_product_average_is_exported_as_its_best_rank_r_factors() {
+    use divrl::config::read_safetensors;
+    let dir = tempfile::tempdir().unwrap();
+    let d = 0.6;
+    let mut cfg = tiny_run_cfg(&dir.path().join("a"));
+    cfg.epochs = 3;
+    cfg.lr = 1e-2;
+    cfg.policy_ema = d;
+    cfg.policy_ema_of = "lora-product".into();
+    let refs = || two_mode_refs(64, 3);
+    let mut ft = Finetuner::new(cfg.clone(), tiny_model(6), pixels(), refs(), None).unwrap();
+    let product = |th: &BTreeMap<String, Tensor>, layer: &str| {
+        th[&format!("{layer}.lora_b")]
+            .to_kind(Kind::Double)
+            .matmul(&th[&format!("{layer}.lora_a")].to_kind(Kind::Double))
+    };
+    let mut thetas = vec![snapshot(ft.trainable())];
+    for _ in 0..cfg.epochs {
+        let _ = ft.step_epoch().unwrap();
+        thetas.push(snapshot(ft.trainable()));
+    }
+    let layers: Vec<String> = thetas[0]
+        .keys()
+        .filter_map(|n| n.strip_suffix(".lora_a").map(str::to_string))
+        .collect();
+    assert!(!layers.is_empty());
+    let got: BTreeMap<String, Tensor> = ft.policy_ema().unwrap().tensors().into_iter().collect();
+    assert_eq!(got.len(), layers.len(), "one averaged update per adapter");
+    ft.export().unwrap();
+    let exported: BTreeMap<String, Tensor> = read_safetensors(&cfg.out.join("lora.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let e = cfg.epochs as i32;
+    let mut worst_cut = 0.0f64;
+    for layer in &layers {
+        let mut want = product(&thetas[0], layer) * d.powi(e);
+        for (i, th) in thetas.iter().enumerate().skip(1) {
+            want += product(th, layer) * ((1.0 - d) * d.powi(e - i as i32));
+        }
+        let avg = &got[&format!("{layer}.lora_ba")];
+        let gap = (avg - &want).abs().max().double_value(&[]);
+        assert!(gap < 1e-12, "{layer}: {gap}");
+        // The export: B·A = the best rank-r approximation of the average.
+        let rank = thetas[0][&format!("{layer}.lora_a")].size()[0] as usize;
+        let mut eig = Vec::<f64>::try_from(want.matmul(&want.tr()).linalg_eigvalsh("L")).unwrap();
+        eig.sort_by(|x, y| y.partial_cmp(x).unwrap());
+        let total: f64 = eig.iter().map(|x| x.max(0.0)).sum();
+        let cut = (eig[rank.min(eig.len())..]
+            .iter()
+            .map(|x| x.max(0.0))
+            .sum::<f64>()
+            / total)
+            .sqrt();
+        worst_cut = worst_cut.max(cut);
+        let lent = product(&exported, layer);
+        let err = (&want - &lent).norm().double_value(&[]) / want.norm().double_value(&[]);
+        assert!(
+            (err - cut).abs() < 1e-4,
+            "{layer}: export error {err}, best rank-{rank} error {cut}"
+        );
+    }
+    let residual = ft
+        .policy_ema()
+        .unwrap()
+        .rank_residual(ft.trainable())
+        .unwrap();
+    assert!(
+        (residual - worst_cut).abs() < 1e-6,
+        "{residual} vs {worst_cut}"
+    );
+
+    // Resumed after 2 epochs: the same average as the run in one go.
+    let run_to = |out: &std::path::Path, epochs: usize, resume: bool| {
+        let mut c = cfg.clone();
+        c.out = out.to_path_buf();
+        c.epochs = epochs;
+        let mut t = Finetuner::new(c, tiny_model(6), pixels(), refs(), None).unwrap();
+        assert_eq!(t.resume().unwrap(), resume);
+        t.run(false).unwrap();
+        t
+    };
+    run_to(&dir.path().join("c"), 2, false);
+    let resumed = run_to(&dir.path().join("c"), 3, true);
+    let again: BTreeMap<String, Tensor> = resumed
+        .policy_ema()
+        .unwrap()
+        .tensors()
+        .into_iter()
+        .collect();
+    assert!(max_change(&got, &again) < 1e-9);
+}
+
 /// `policy_ema`: the run's result is θ̄_e = d·θ̄_{e−1} + (1 − d)·θ_e from the starting weights
 /// (checked against the closed form over the epochs' weights), the export holds it while the
 /// training weights stay as they are, and a run resumed from a checkpoint continues the average

@@ -393,6 +393,15 @@ macro_rules! finetune_fields {
                 /// [0, 1); 0 = the last weights [default: 0]
                 #[arg(long)]
             } trains;
+        /// What `policy_ema` averages: `weights` (every variable on its own, LoRA's A and B apart)
+        /// or `lora-product` (each adapter's update B·A; evaluations and the export use the
+        /// average's best rank-r factors). See [`crate::rl::policy_ema`].
+        policy_ema_of: String = "weights".into(),
+            set String {
+                /// What the moving average averages: weights, or lora-product (each adapter's B·A)
+                /// [default: weights]
+                #[arg(long)]
+            } trains;
         // ---- what is trained -------------------------------------------------------------------------
         lora_rank: i64 = LoraConfig::default().rank,
             set i64 {
@@ -724,6 +733,7 @@ impl FinetuneConfig {
         if !(0.0..1.0).contains(&self.policy_ema) {
             bail!("policy_ema must be in [0, 1), got {}", self.policy_ema);
         }
+        crate::rl::policy_ema::Averaged::parse(&self.policy_ema_of)?;
         if !(0.0..1.0).contains(&self.adam_beta1)
             || !(0.0..1.0).contains(&self.adam_beta2)
             || !pos(self.adam_eps)

@@ -36,7 +36,7 @@ use super::data_parallel::DataParallel;
 use super::evaluator::{eval_images, EvalSet, Evaluator};
 use super::model::PolicyModel;
 use super::policy::StepBatch;
-use super::policy_ema::{PolicyEma, POLICY_EMA_FILE};
+use super::policy_ema::{Averaged, PolicyEma, POLICY_EMA_FILE};
 pub use super::ppo::PpoStats;
 use super::ppo::{self, StepPolicy};
 use super::run_dir::{RlState, RunDir};
@@ -171,7 +171,11 @@ impl<P: PolicyModel> Trainer<P> {
             },
         );
         let ema = if cfg.policy_ema > 0.0 {
-            Some(PolicyEma::new(model.trainable(), cfg.policy_ema)?)
+            Some(PolicyEma::new(
+                model.trainable(),
+                cfg.policy_ema,
+                Averaged::parse(&cfg.policy_ema_of)?,
+            )?)
         } else {
             None
         };
@@ -601,7 +605,15 @@ impl<P: PolicyModel> Trainer<P> {
     /// `policy_ema`, the current weights otherwise; the current weights are back afterwards.
     pub fn with_result_weights<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
         match &self.ema {
-            Some(ema) => ema.apply(self.model.trainable(), f),
+            Some(ema) => {
+                let residual = ema.rank_residual(self.model.trainable())?;
+                if residual > 0.0 {
+                    tracing::info!(
+                        "moving average of the LoRA updates: best rank-r factors, relative residual {residual:.3e}"
+                    );
+                }
+                ema.apply(self.model.trainable(), f)
+            }
             None => f(),
         }
     }
