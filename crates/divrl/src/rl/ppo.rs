@@ -175,7 +175,6 @@ pub fn ppo_update_shard(
     let device = traj.latents.device();
     let adv = Tensor::from_slice(&advantages.iter().map(|&a| a as f32).collect::<Vec<_>>())
         .to_device(device);
-    let sampler = &traj.sampler;
     // With one sampling chunk (one process, `sample_batch_size` 0) the gradients simply
     // accumulate; with several, each chunk's stays apart until the step
     // ([`super::data_parallel`]: the same bits in one process and on any number of ranks).
@@ -221,34 +220,8 @@ pub fn ppo_update_shard(
                     for j in 0..n_t {
                         let steps: Vec<usize> = mine.iter().map(|&i| tperm[i][j]).collect();
                         let sb = StepBatch::gather(replay.sched, traj, &rows, &steps);
-                        let g = replay.policy.gaussian(&sb, sampler);
-                        let lp = g.log_prob(&sb.x_s, sampler.reduction);
-                        let terms = clipped_loss(&lp, &sb.old_log_probs(traj), &a, cfg.clip_range);
-                        let mut loss = terms.loss;
-                        let mut kl_value = 0.0;
-                        if let Some(base) = replay.base {
-                            let base_mean = tch::no_grad(|| base.gaussian(&sb, sampler).mean);
-                            let kl = g.kl_to(&base_mean, sampler.reduction).mean(Kind::Float);
-                            kl_value = kl.double_value(&[]);
-                            loss += kl * cfg.kl_coef;
-                        }
-                        if share < 1.0 {
-                            loss *= share;
-                        }
-                        let lv = loss.double_value(&[]);
-                        if !lv.is_finite() {
-                            bail!("non-finite PPO loss ({lv}) at epoch {epoch}");
-                        }
-                        (loss / denom).backward();
-                        replay.policy.finish_backward()?;
-                        st.loss += lv;
-                        st.kl_to_base += kl_value * share;
-                        st.approx_kl += terms.approx_kl * share;
-                        st.clip_fraction += terms.clip_fraction * share;
-                        if before_first_step {
-                            st.first_ratio_max_dev =
-                                st.first_ratio_max_dev.max(terms.max_ratio_dev);
-                        }
+                        let term = backward_term(replay, &sb, traj, &a, cfg, share, denom, epoch)?;
+                        st.add(&term, share, before_first_step);
                     }
                     if chunked {
                         accumulate(&mut parts, ChunkGrad::take(opt, c));
@@ -289,6 +262,81 @@ pub fn ppo_update_shard(
     st.kl_to_base /= n;
     st.grad_norm /= st.optimizer_steps.max(1) as f64;
     Ok(st)
+}
+
+/// What one term of a minibatch's loss adds to [`PpoStats`].
+struct Term {
+    /// The term's loss, already scaled by its members' share of the minibatch.
+    loss: f64,
+    /// The unscaled KL to the base policy (0 without a penalty).
+    kl_to_base: f64,
+    approx_kl: f64,
+    clip_fraction: f64,
+    max_ratio_dev: f64,
+}
+
+impl PpoStats {
+    /// Adds a term whose members are `share` of their minibatch; `before_first_step`: no
+    /// optimizer step has been taken yet this phase.
+    fn add(&mut self, t: &Term, share: f64, before_first_step: bool) {
+        self.loss += t.loss;
+        self.kl_to_base += t.kl_to_base * share;
+        self.approx_kl += t.approx_kl * share;
+        self.clip_fraction += t.clip_fraction * share;
+        if before_first_step {
+            self.first_ratio_max_dev = self.first_ratio_max_dev.max(t.max_ratio_dev);
+        }
+    }
+}
+
+/// One term of a minibatch's loss, back-propagated into the trained variables: the clipped
+/// objective of the transitions `sb` (one timestep of each of some trajectories) with their
+/// advantages `a`, plus `kl_coef` × their KL to the base policy, times their `share` of the
+/// minibatch; the gradient is that loss over `denom` (the terms of an optimizer step). `epoch`
+/// (1-based) only names the epoch in errors.
+#[allow(clippy::too_many_arguments)]
+fn backward_term(
+    replay: &Replay<'_>,
+    sb: &StepBatch,
+    traj: &Trajectory,
+    a: &Tensor,
+    cfg: &FinetuneConfig,
+    share: f64,
+    denom: f64,
+    epoch: usize,
+) -> Result<Term> {
+    let sampler = &traj.sampler;
+    let g = replay.policy.gaussian(sb, sampler);
+    let lp = g.log_prob(&sb.x_s, sampler.reduction);
+    let PpoTerms {
+        mut loss,
+        approx_kl,
+        clip_fraction,
+        max_ratio_dev,
+    } = clipped_loss(&lp, &sb.old_log_probs(traj), a, cfg.clip_range);
+    let mut kl_to_base = 0.0;
+    if let Some(base) = replay.base {
+        let base_mean = tch::no_grad(|| base.gaussian(sb, sampler).mean);
+        let kl = g.kl_to(&base_mean, sampler.reduction).mean(Kind::Float);
+        kl_to_base = kl.double_value(&[]);
+        loss += kl * cfg.kl_coef;
+    }
+    if share < 1.0 {
+        loss *= share;
+    }
+    let lv = loss.double_value(&[]);
+    if !lv.is_finite() {
+        bail!("non-finite PPO loss ({lv}) at epoch {epoch}");
+    }
+    (loss / denom).backward();
+    replay.policy.finish_backward()?;
+    Ok(Term {
+        loss: lv,
+        kl_to_base,
+        approx_kl,
+        clip_fraction,
+        max_ratio_dev,
+    })
 }
 
 #[cfg(test)]
