@@ -126,6 +126,9 @@ fn killed_and_resumed_equals_uninterrupted() {
     // Without --resume the folder is refused.
     let e = run_err(&mut finetune(&base, &data, &b));
     assert!(e.contains("--resume"), "{e}");
+    // A resume that would train differently is refused, naming what differs.
+    let e = run_err(finetune(&base, &data, &b).args(["--resume", "--lr", "0.5"]));
+    assert!(e.contains("different configuration: lr differs"), "{e}");
     let (_, err) = run_ok(finetune(&base, &data, &b).arg("--resume"));
     assert!(err.contains("resuming"), "{err}");
 

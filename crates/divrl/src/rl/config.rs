@@ -520,6 +520,15 @@ macro_rules! define_finetune_config {
                 $( reset_run_field!($kind, identity.$name, defaults.$name); )*
                 identity
             }
+
+            /// The names of the fields that make `self` and `other` different runs (the ones
+            /// [`FinetuneConfig::training_identity`] keeps), in declaration order.
+            pub fn training_differences(&self, other: &Self) -> Vec<&'static str> {
+                let (a, b) = (self.training_identity(), other.training_identity());
+                let mut differ = Vec::new();
+                $( if a.$name != b.$name { differ.push(stringify!($name)); } )*
+                differ
+            }
         }
     };
 }
@@ -821,6 +830,19 @@ mod tests {
     use super::*;
 
     /// A resumed run may change its bookkeeping (the `run` fields), never what it trains.
+    #[test]
+    fn training_differences_name_the_fields_that_make_another_run() {
+        let a = FinetuneConfig::default();
+        let b = FinetuneConfig {
+            base: "elsewhere".into(),
+            lr: a.lr * 2.0,
+            epochs: a.epochs + 5,
+            ..a.clone()
+        };
+        assert_eq!(a.training_differences(&b), vec!["base", "lr"]);
+        assert!(a.training_differences(&a.clone()).is_empty());
+    }
+
     #[test]
     fn training_identity_forgets_the_run_fields_only() {
         let base = FinetuneConfig::default();

@@ -689,10 +689,13 @@ impl<P: PolicyModel> Trainer<P> {
         let Some((dir, state)) = self.run_dir.latest()? else {
             return Ok(false);
         };
-        if state.config.training_identity() != self.cfg.training_identity() {
+        let differ = state.config.training_differences(&self.cfg);
+        if !differ.is_empty() {
             bail!(
-                "{} was made with a different configuration (only epochs, out, device, threads and the checkpoint/sample/eval cadence may change on --resume)",
-                dir.display()
+                "{} was made with a different configuration: {} differ{} (only epochs, out, device, threads and the checkpoint/sample/eval cadence may change on --resume)",
+                dir.display(),
+                differ.join(", "),
+                if differ.len() == 1 { "s" } else { "" }
             );
         }
         self.run_dir
