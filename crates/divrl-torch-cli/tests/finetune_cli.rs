@@ -127,8 +127,12 @@ fn killed_and_resumed_equals_uninterrupted() {
     let e = run_err(&mut finetune(&base, &data, &b));
     assert!(e.contains("--resume"), "{e}");
     // A resume that would train differently is refused, naming what differs.
-    let e = run_err(finetune(&base, &data, &b).args(["--resume", "--lr", "0.5"]));
-    assert!(e.contains("different configuration: lr differs"), "{e}");
+    // (`--weight-decay`: a flag `finetune()` does not already pass; clap refuses a repeated one.)
+    let e = run_err(finetune(&base, &data, &b).args(["--resume", "--weight-decay", "0.5"]));
+    assert!(
+        e.contains("different configuration: weight_decay differs"),
+        "{e}"
+    );
     let (_, err) = run_ok(finetune(&base, &data, &b).arg("--resume"));
     assert!(err.contains("resuming"), "{err}");
 
