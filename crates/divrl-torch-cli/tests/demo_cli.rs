@@ -281,6 +281,8 @@ fn debias_reports_attribute_kl_with_balanced_references() {
         "{run_cfg}"
     );
     assert!(run_cfg.contains("balanced_reference = true"), "{run_cfg}");
+    // The inversion preset evaluates a moving average of the weights (issue 13's setting).
+    assert!(run_cfg.contains("policy_ema = 0.8"), "{run_cfg}");
 
     // The three-valued background attribute: three counts, KL over three values.
     let out = d.join("deb-bg");
