@@ -133,8 +133,8 @@ pub const BACKGROUND_BASE: &str = "models/fashion-mnist-background-base";
 ///   (`policy_ema` 0.8) evaluated and exported in place of the last iterate; 100 evaluation
 ///   images per class: KL to uniform 0.41 → 0.010 / 0.014 / 0.004 (42.8 / 41.8 / 45.6 %
 ///   inverted) at Inception FID +1.7 / +5.3 / +3.8 %, and two later seeds 0.008 / 0.006 at
-///   +3.2 / +3.0 %. The last iterate of K = 10 without the
-///   average reached 47–51 % at +2.6 / +13.4 / +13.3 %; the average with K = 10, 37–43 %;
+///   +3.2 / +3.0 %. The last iterate of K = 10 without the average reached 47–51 % at
+///   +2.6 / +13.4 / +13.3 %; the average with K = 10, 37–43 %;
 /// - background: `policy_steps` 3, `kl_coef` 0.1, K = 5, 20 epochs, the last iterate, 50
 ///   evaluation images per class: KL 0.53 → 0.010 / 0.013 / 0.039.
 ///
