@@ -142,23 +142,23 @@ pub const BACKGROUND_BASE: &str = "models/fashion-mnist-background-base";
 /// space.
 pub fn debias(quick: bool, attribute: crate::data::AttributeKind) -> FinetuneConfig {
     use crate::data::AttributeKind;
-    // What differs between the attributes: base and data, how many first steps the adapters
-    // act on, the anchor, the trajectories per update, the length and what is evaluated.
-    struct Setting {
-        base: &'static str,
-        data: &'static str,
-        policy_steps: usize,
-        kl_coef: f64,
-        sets_per_class: usize,
-        grad_accum: usize,
-        epochs: usize,
-        policy_ema: f64,
-        eval_per_class: usize,
-    }
-    let a = match attribute {
-        AttributeKind::Inversion => Setting {
-            base: SKEWED_BASE,
-            data: "fashion-mnist-skewed",
+    // What both attributes share; each attribute's own fields are laid over it below.
+    let shared = FinetuneConfig {
+        balanced_reference: true,
+        guidance: 1.0,
+        extractor: "pixels".into(),
+        reward: RewardKind::Mmd,
+        mmd_kernel: MmdKernel::Rbf,
+        sigma_scale: 0.5,
+        timestep_fraction: 1.0,
+        eval_every: 0,
+        eval_independent: "inception".into(),
+        ..common()
+    };
+    let full = match attribute {
+        AttributeKind::Inversion => FinetuneConfig {
+            base: PathBuf::from(SKEWED_BASE),
+            data: "fashion-mnist-skewed".into(),
             policy_steps: 4,
             kl_coef: 0.05,
             sets_per_class: 20,
@@ -166,10 +166,11 @@ pub fn debias(quick: bool, attribute: crate::data::AttributeKind) -> FinetuneCon
             epochs: 25,
             policy_ema: 0.8,
             eval_per_class: 100,
+            ..shared
         },
-        AttributeKind::Background => Setting {
-            base: BACKGROUND_BASE,
-            data: "fashion-mnist-background",
+        AttributeKind::Background => FinetuneConfig {
+            base: PathBuf::from(BACKGROUND_BASE),
+            data: "fashion-mnist-background".into(),
             policy_steps: 3,
             kl_coef: 0.1,
             sets_per_class: 5,
@@ -177,29 +178,19 @@ pub fn debias(quick: bool, attribute: crate::data::AttributeKind) -> FinetuneCon
             epochs: 20,
             policy_ema: 0.0,
             eval_per_class: 50,
+            ..shared
         },
     };
-    let c = common();
+    if !quick {
+        return full;
+    }
     FinetuneConfig {
-        base: PathBuf::from(a.base),
-        data: a.data.into(),
-        balanced_reference: true,
-        guidance: 1.0,
-        extractor: "pixels".into(),
-        reward: RewardKind::Mmd,
-        mmd_kernel: MmdKernel::Rbf,
-        sigma_scale: 0.5,
-        kl_coef: a.kl_coef,
-        policy_steps: a.policy_steps,
-        timestep_fraction: 1.0,
-        sets_per_class: if quick { 2 } else { a.sets_per_class },
-        grad_accum: if quick { 1 } else { a.grad_accum },
-        epochs: if quick { 2 } else { a.epochs },
-        policy_ema: a.policy_ema,
-        eval_every: 0,
-        eval_per_class: if quick { 10 } else { a.eval_per_class },
-        eval_independent: if quick { "small" } else { "inception" }.into(),
-        ..c
+        sets_per_class: 2,
+        grad_accum: 1,
+        epochs: 2,
+        eval_per_class: 10,
+        eval_independent: "small".into(),
+        ..full
     }
 }
 
