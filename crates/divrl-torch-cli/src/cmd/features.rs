@@ -14,7 +14,8 @@ pub struct Args {
     /// file, or fashion-mnist[-skewed]:train|test|eval|reference
     #[arg(long)]
     pub images: String,
-    /// Feature network: pixels (8 × 8 grey average-pooled pixels), small (the shipped
+    /// Feature network: pixels (8 × 8 grey average-pooled pixels; pixels-<side> pools to another
+    /// side, e.g. pixels-28 for the raw pixels), small (the shipped
     /// Fashion-MNIST classifier), inception (FID InceptionV3 pool3), clip (CLIP image encoder)
     #[arg(long, default_value = "small")]
     pub extractor: String,

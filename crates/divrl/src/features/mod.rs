@@ -17,7 +17,9 @@ pub use cache::{features_of_source, write_npy_f32, FeatureCache};
 pub use extractor::{extract, to_features, Extracted, Extractor};
 pub use hash::{file_hash, tensor_content_hash};
 pub use networks::{ClipExtractor, InceptionExtractor, NativeInceptionExtractor, SmallExtractor};
-pub use registry::{default_classifier_dir, default_clip_dir, load_extractor, EXTRACTORS};
+pub use registry::{
+    default_classifier_dir, default_clip_dir, is_extractor_name, load_extractor, EXTRACTORS,
+};
 pub use sources::{load_image_files, ImageSource};
 
 pub use crate::imageops::{resize_bilinear, to_channels};

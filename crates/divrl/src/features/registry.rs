@@ -23,24 +23,48 @@ pub fn default_clip_dir() -> PathBuf {
         .unwrap_or_else(|| models_dir().join("clip"))
 }
 
-/// Names accepted by [`load_extractor`].
+/// Names accepted by [`load_extractor`]; `pixels-<side>` (e.g. `pixels-14`, `pixels-28`) is the
+/// `pixels` extractor pooled to `side × side` instead of 8 × 8.
 pub const EXTRACTORS: [&str; 5] = ["pixels", "small", "inception", "inception-native", "clip"];
+
+/// The pooled side of a `pixels` / `pixels-<side>` name, `None` for any other name.
+fn pixel_side(name: &str) -> Option<Result<i64>> {
+    if name == "pixels" {
+        return Some(Ok(8));
+    }
+    let side = name.strip_prefix("pixels-")?;
+    Some(match side.parse::<i64>() {
+        Ok(s) if (1..=1024).contains(&s) => Ok(s),
+        _ => Err(anyhow::anyhow!(
+            "extractor {name:?}: the side after \"pixels-\" must be a whole number from 1 to 1024"
+        )),
+    })
+}
+
+/// Whether `name` is an extractor [`load_extractor`] knows (a well-formed `pixels-<side>` included).
+pub fn is_extractor_name(name: &str) -> bool {
+    match pixel_side(name) {
+        Some(side) => side.is_ok(),
+        None => EXTRACTORS.contains(&name),
+    }
+}
 
 /// Builds an extractor by name. `weights` overrides the default weights (a classifier checkpoint
 /// folder for `small`, a TorchScript archive for `inception`, a CLIP folder for `clip`; `pixels`,
-/// 8 × 8 grey average-pooled pixels, has none).
+/// 8 × 8 grey average-pooled pixels, and `pixels-<side>` have none).
 pub fn load_extractor(
     name: &str,
     weights: Option<&Path>,
     device: Device,
 ) -> Result<Box<dyn Extractor>> {
-    match name {
-        "pixels" => {
-            if let Some(w) = weights {
-                bail!("the pixels extractor has no weights (got {})", w.display());
-            }
-            Ok(Box::new(PixelExtractor::new(8, 1)?))
+    if let Some(side) = pixel_side(name) {
+        let side = side?;
+        if let Some(w) = weights {
+            bail!("the {name} extractor has no weights (got {})", w.display());
         }
+        return Ok(Box::new(PixelExtractor::new(side, 1)?));
+    }
+    match name {
         "small" => {
             let dir = weights
                 .map(Path::to_path_buf)
@@ -72,8 +96,45 @@ pub fn load_extractor(
             Ok(Box::new(ClipExtractor::load(&d, device)?))
         }
         other => bail!(
-            "unknown extractor {other:?}: expected one of {}",
+            "unknown extractor {other:?}: expected one of {} (or pixels-<side>)",
             EXTRACTORS.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn pixels_side_from_the_name() {
+        let img = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        for (name, side) in [("pixels", 8), ("pixels-14", 14), ("pixels-28", 28)] {
+            let e = load_extractor(name, None, Device::Cpu).unwrap();
+            assert_eq!(e.dim(), side * side, "{name}");
+            let f = e.forward(&img).unwrap().features;
+            assert_eq!(f.size(), vec![2, side * side], "{name}");
+        }
+        // At the full side the features are the pixels themselves.
+        let e = load_extractor("pixels-28", None, Device::Cpu).unwrap();
+        let f = e.forward(&img).unwrap().features;
+        let d = (f - img.flatten(1, -1)).abs().max().double_value(&[]);
+        assert!(d < 1e-6, "{d}");
+        // Distinct sides cache apart.
+        let a = load_extractor("pixels", None, Device::Cpu).unwrap();
+        let b = load_extractor("pixels-14", None, Device::Cpu).unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        for bad in ["pixels-0", "pixels-x", "pixels-", "pixels-99999"] {
+            let err = load_extractor(bad, None, Device::Cpu)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("whole number"), "{bad}: {err}");
+        }
+        assert!(is_extractor_name("pixels-14") && is_extractor_name("inception"));
+        assert!(!is_extractor_name("pixels-0") && !is_extractor_name("resnet"));
+        let p = std::path::Path::new("w.pt");
+        assert!(load_extractor("pixels-14", Some(p), Device::Cpu).is_err());
     }
 }

@@ -133,10 +133,11 @@ macro_rules! finetune_fields {
                 /// K: generated sets of M per condition and epoch, each scored on its own [default: 1]
                 #[arg(long)]
             } trains;
-        /// Feature network ϕ: `small` (Fashion-MNIST classifier), `inception`, or `pixels`.
+        /// Feature network ϕ: `small` (Fashion-MNIST classifier), `inception`, `pixels` (8 × 8
+        /// average-pooled grey) or `pixels-<side>` (pooled to side × side, e.g. `pixels-28`).
         extractor: String = "small".into(),
             set String {
-                /// Feature network ϕ: small, inception or pixels [default: small]
+                /// Feature network ϕ: small, inception, pixels or pixels-<side> [default: small]
                 #[arg(long)]
             } trains;
         /// Weights of ϕ (classifier folder / TorchScript archive); default the shipped ones.
@@ -688,9 +689,11 @@ impl FinetuneConfig {
         }
         if !["", "inception", "inception-native", "small", "pixels"]
             .contains(&self.eval_independent.as_str())
+            && !(self.eval_independent.starts_with("pixels-")
+                && crate::features::is_extractor_name(&self.eval_independent))
         {
             bail!(
-                "eval_independent must be inception, inception-native, small, pixels or empty, got {:?}",
+                "eval_independent must be inception, inception-native, small, pixels, pixels-<side> or empty, got {:?}",
                 self.eval_independent
             );
         }
