@@ -687,11 +687,8 @@ impl FinetuneConfig {
         if self.sets_per_class == 0 {
             bail!("sets_per_class must be >= 1");
         }
-        if !["", "inception", "inception-native", "small", "pixels"]
-            .contains(&self.eval_independent.as_str())
-            && !(self.eval_independent.starts_with("pixels-")
-                && crate::features::is_extractor_name(&self.eval_independent))
-        {
+        let ind = self.eval_independent.as_str();
+        if !(ind.is_empty() || (ind != "clip" && crate::features::is_extractor_name(ind))) {
             bail!(
                 "eval_independent must be inception, inception-native, small, pixels, pixels-<side> or empty, got {:?}",
                 self.eval_independent
@@ -888,6 +885,28 @@ mod tests {
             },
         ] {
             assert_ne!(changed.training_identity(), base.training_identity());
+        }
+    }
+
+    /// The independent evaluation space: any extractor but CLIP (no Fashion-MNIST use), a
+    /// well-formed `pixels-<side>` included, or none.
+    #[test]
+    fn eval_independent_names() {
+        for (name, ok) in [
+            ("", true),
+            ("inception", true),
+            ("small", true),
+            ("pixels", true),
+            ("pixels-28", true),
+            ("pixels-0", false),
+            ("clip", false),
+            ("resnet", false),
+        ] {
+            let cfg = FinetuneConfig {
+                eval_independent: name.into(),
+                ..FinetuneConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{name:?}");
         }
     }
 
