@@ -9,6 +9,7 @@ use super::extractor::{Extracted, Extractor};
 pub struct PixelExtractor {
     pub side: i64,
     pub channels: i64,
+    name: String,
     fingerprint: String,
 }
 
@@ -20,6 +21,12 @@ impl PixelExtractor {
         Ok(Self {
             side,
             channels,
+            // The name `load_extractor` takes back: `pixels` is 8 × 8.
+            name: if side == 8 {
+                "pixels".into()
+            } else {
+                format!("pixels-{side}")
+            },
             fingerprint: format!("pixels-v1-{side}-{channels}"),
         })
     }
@@ -27,7 +34,7 @@ impl PixelExtractor {
 
 impl Extractor for PixelExtractor {
     fn name(&self) -> &str {
-        "pixels"
+        &self.name
     }
     fn fingerprint(&self) -> &str {
         &self.fingerprint

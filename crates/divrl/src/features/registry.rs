@@ -113,6 +113,7 @@ mod tests {
         for (name, side) in [("pixels", 8), ("pixels-14", 14), ("pixels-28", 28)] {
             let e = load_extractor(name, None, Device::Cpu).unwrap();
             assert_eq!(e.dim(), side * side, "{name}");
+            assert_eq!(e.name(), name);
             let f = e.forward(&img).unwrap().features;
             assert_eq!(f.size(), vec![2, side * side], "{name}");
         }
