@@ -5,6 +5,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::extractor::{Extracted, Extractor};
 
+/// The side of the extractor named plain `pixels` (other sides are named `pixels-<side>`).
+pub const DEFAULT_SIDE: i64 = 8;
+
 /// `pixels`: images in [0, 1], average-pooled to at most `side × side`, flattened.
 pub struct PixelExtractor {
     pub side: i64,
@@ -21,8 +24,8 @@ impl PixelExtractor {
         Ok(Self {
             side,
             channels,
-            // The name `load_extractor` takes back: `pixels` is 8 × 8.
-            name: if side == 8 {
+            // The name `load_extractor` takes back.
+            name: if side == DEFAULT_SIDE {
                 "pixels".into()
             } else {
                 format!("pixels-{side}")

@@ -30,7 +30,7 @@ pub const EXTRACTORS: [&str; 5] = ["pixels", "small", "inception", "inception-na
 /// The pooled side of a `pixels` / `pixels-<side>` name, `None` for any other name.
 fn pixel_side(name: &str) -> Option<Result<i64>> {
     if name == "pixels" {
-        return Some(Ok(8));
+        return Some(Ok(super::pixels::DEFAULT_SIDE));
     }
     let side = name.strip_prefix("pixels-")?;
     Some(match side.parse::<i64>() {
