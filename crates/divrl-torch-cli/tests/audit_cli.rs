@@ -115,6 +115,28 @@ fn audit_reports_and_its_minority_test_can_fail() {
     assert_eq!(t["top_share"].as_f64().unwrap(), 0.0, "{t}");
     assert_eq!(t["beats_majority_share"].as_f64().unwrap(), 0.0, "{t}");
     assert!(t["margin"]["mean"].as_f64().unwrap().abs() < 1e-9, "{t}");
+
+    // Any registry pixel side is a ϕ to audit in, beside the 8 × 8 one: pixels-28 is the raw image.
+    let r = audit(
+        &base,
+        &d.join("c.json"),
+        &["--extractor", "pixels-28", "--minority", "1"],
+    );
+    let names: Vec<_> = r["extractors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["extractor"].as_str().unwrap().to_owned(),
+                e["dim"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [("pixels".to_owned(), 64), ("pixels-28".to_owned(), 784)]
+    );
 }
 
 #[test]
@@ -125,6 +147,8 @@ fn audit_rejects_bad_input_with_one_line() {
     for (args, needle) in [
         (vec!["--m", "2"], "--m must be at least 3"),
         (vec!["--extractor", "clip"], "unknown --extractor"),
+        (vec!["--extractor", "pixels-0"], "unknown --extractor"),
+        (vec!["--extractor", "small,pixels-x"], "unknown --extractor"),
         (vec!["--ref-per-class", "7"], "even"),
         (vec!["--json", "/nonexistent-dir/x.json"], "does not exist"),
         (vec!["--base", "/nonexistent-checkpoint"], "checkpoint"),

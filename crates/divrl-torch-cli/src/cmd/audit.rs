@@ -36,7 +36,7 @@ pub struct Args {
     /// DDIM eta
     #[arg(long, default_value_t = 1.0)]
     pub eta: f64,
-    /// Feature networks ϕ, comma-separated: small, inception, pixels
+    /// Feature networks ϕ, comma-separated: small, inception, pixels (8 × 8), pixels-<side>
     #[arg(long, value_delimiter = ',', default_value = "small")]
     pub extractor: Vec<String>,
     /// Weights of ϕ (with one --extractor) [default: the extractor's default location]
@@ -96,8 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for e in &args.extractor {
-        if !matches!(e.as_str(), "small" | "inception" | "pixels") {
-            bail!("unknown --extractor {e:?} (small, inception or pixels)");
+        if e == "clip" || !divrl::features::is_extractor_name(e) {
+            bail!("unknown --extractor {e:?} (small, inception, pixels or pixels-<side>)");
         }
     }
     let rewards = args
