@@ -337,11 +337,11 @@ fn diversity_experiment_reports_seeds_spaces_and_paired_changes() {
     let d = dir.path();
     let data = write_tiny_data(d, 300);
     let base = tiny_base(d, &data);
-    // pixels as ϕ would make the independent space the same network: use a coarser one.
+    // ϕ is pixels here (the overlay): a coarser pixel space stands in for the independent one.
     let ov = overlay(
         d,
         &data,
-        "eval_independent = \"pixels\"\nsets_per_class = 2\n",
+        "eval_independent = \"pixels-4\"\nsets_per_class = 2\npolicy_steps = 3\n",
     );
     let out = d.join("div");
     let run = || {
@@ -381,7 +381,7 @@ fn diversity_experiment_reports_seeds_spaces_and_paired_changes() {
     for needle in [
         "Mean ± sd over seeds",
         "Paired change",
-        "| rl-gp-mi-2x |",
+        "| rl-mmd-2x |",
         "ind. Recall",
     ] {
         assert!(md.contains(needle), "{needle} missing in\n{md}");
