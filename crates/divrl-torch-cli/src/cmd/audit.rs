@@ -36,7 +36,8 @@ pub struct Args {
     /// DDIM eta
     #[arg(long, default_value_t = 1.0)]
     pub eta: f64,
-    /// Feature networks ϕ, comma-separated: small, inception, pixels (8 × 8), pixels-<side>
+    /// Feature networks ϕ, comma-separated: small, inception, inception-native, pixels (8 × 8),
+    /// pixels-<side>
     #[arg(long, value_delimiter = ',', default_value = "small")]
     pub extractor: Vec<String>,
     /// Weights of ϕ (with one --extractor) [default: the extractor's default location]
@@ -96,8 +97,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for e in &args.extractor {
-        if e == "clip" || !divrl::features::is_extractor_name(e) {
-            bail!("unknown --extractor {e:?} (small, inception, pixels or pixels-<side>)");
+        if !divrl::features::is_image_extractor_name(e) {
+            bail!(
+                "unknown --extractor {e:?} ({})",
+                divrl::features::IMAGE_EXTRACTORS_HELP
+            );
         }
     }
     let rewards = args

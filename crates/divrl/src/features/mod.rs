@@ -18,7 +18,8 @@ pub use extractor::{extract, to_features, Extracted, Extractor};
 pub use hash::{file_hash, tensor_content_hash};
 pub use networks::{ClipExtractor, InceptionExtractor, NativeInceptionExtractor, SmallExtractor};
 pub use registry::{
-    default_classifier_dir, default_clip_dir, is_extractor_name, load_extractor, EXTRACTORS,
+    default_classifier_dir, default_clip_dir, is_extractor_name, is_image_extractor_name,
+    load_extractor, EXTRACTORS, IMAGE_EXTRACTORS_HELP,
 };
 pub use sources::{load_image_files, ImageSource};
 

@@ -49,6 +49,18 @@ pub fn is_extractor_name(name: &str) -> bool {
     }
 }
 
+/// Whether `name` can score the class-conditional models' grey images with what divrl ships:
+/// every [`is_extractor_name`] but `clip`, whose weights are fetched separately and which embeds
+/// the colour images of text-conditioned runs. `eval_independent` and `divrl audit --extractor`
+/// both ask this, so they accept the same names ([`IMAGE_EXTRACTORS_HELP`] lists them).
+pub fn is_image_extractor_name(name: &str) -> bool {
+    name != "clip" && is_extractor_name(name)
+}
+
+/// The names [`is_image_extractor_name`] accepts, for error messages.
+pub const IMAGE_EXTRACTORS_HELP: &str =
+    "pixels, pixels-<side>, small, inception or inception-native";
+
 /// Builds an extractor by name. `weights` overrides the default weights (a classifier checkpoint
 /// folder for `small`, a TorchScript archive for `inception`, a CLIP folder for `clip`; `pixels`,
 /// 8 × 8 grey average-pooled pixels, and `pixels-<side>` have none).
@@ -135,6 +147,14 @@ mod tests {
         }
         assert!(is_extractor_name("pixels-14") && is_extractor_name("inception"));
         assert!(!is_extractor_name("pixels-0") && !is_extractor_name("resnet"));
+        assert!(is_image_extractor_name("pixels-28"));
+        for name in ["pixels", "small", "inception", "inception-native"] {
+            assert!(is_image_extractor_name(name), "{name}");
+            assert!(IMAGE_EXTRACTORS_HELP.contains(name), "{name}");
+        }
+        for name in ["clip", "pixels-0", "resnet", ""] {
+            assert!(!is_image_extractor_name(name), "{name:?}");
+        }
         let p = std::path::Path::new("w.pt");
         assert!(load_extractor("pixels-14", Some(p), Device::Cpu).is_err());
     }

@@ -688,9 +688,10 @@ impl FinetuneConfig {
             bail!("sets_per_class must be >= 1");
         }
         let ind = self.eval_independent.as_str();
-        if !(ind.is_empty() || (ind != "clip" && crate::features::is_extractor_name(ind))) {
+        if !(ind.is_empty() || crate::features::is_image_extractor_name(ind)) {
             bail!(
-                "eval_independent must be inception, inception-native, small, pixels, pixels-<side> or empty, got {:?}",
+                "eval_independent must be {} or empty, got {:?}",
+                crate::features::IMAGE_EXTRACTORS_HELP,
                 self.eval_independent
             );
         }
