@@ -380,7 +380,8 @@ fn diversity_experiment_reports_seeds_spaces_and_paired_changes() {
     let md = std::fs::read_to_string(out.join("table.md")).unwrap();
     for needle in [
         "Mean ± sd over seeds",
-        "Paired change",
+        "Paired change against the base model",
+        "| method vs w1 |",
         "| rl-mmd-2x |",
         "ind. Recall",
     ] {

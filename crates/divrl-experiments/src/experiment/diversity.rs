@@ -128,8 +128,10 @@ pub struct SamplerBaseline {
     pub overlay: toml::Table,
 }
 
-/// The tables of a diversity experiment: every cell's row, mean ± sd per method, and the paired
-/// change of each method against the base model of the same seed.
+/// The tables of a diversity experiment: mean ± sd per method; the paired change of each method
+/// against the base model of the same seed; the paired change of each fine-tuned method against
+/// each training-free sampler baseline (any other method whose cells have no epochs), since
+/// "better than what a user would try first" is a claim about those pairs; every cell's row.
 pub fn tables(cells: &[super::CellResult], metrics: &[Metric]) -> Vec<Table> {
     let headers = |first: &[&str]| -> Vec<String> {
         first
@@ -160,9 +162,6 @@ pub fn tables(cells: &[super::CellResult], metrics: &[Metric]) -> Vec<Table> {
     };
     let mut summary =
         Table::new(headers(&["method", "seeds"])).with_caption("Mean ± sd over seeds (sample sd)");
-    let mut delta = Table::new(headers(&["method vs base", "seeds"])).with_caption(
-        "Paired change against the base model of the same seed: mean ± sd, and in how many seeds it rose",
-    );
     for method in &methods {
         let cs = by(method);
         summary.row(
@@ -173,24 +172,73 @@ pub fn tables(cells: &[super::CellResult], metrics: &[Metric]) -> Vec<Table> {
                     pm(&v)
                 })),
         );
-        if method == "base" {
-            continue;
-        }
-        let pairs: Vec<(&super::CellResult, &super::CellResult)> = cs
-            .iter()
+    }
+    let fine_tuned = |method: &str| by(method).iter().any(|c| c.epochs > 0);
+    let mut out = vec![summary];
+    let against_base: Vec<&str> = methods
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != "base")
+        .collect();
+    out.extend(paired_table(
+        "base",
+        "the base model",
+        &against_base,
+        &by,
+        metrics,
+        &headers,
+    ));
+    let tuned: Vec<&str> = methods
+        .iter()
+        .map(String::as_str)
+        .filter(|m| fine_tuned(m))
+        .collect();
+    for reference in methods.iter().filter(|m| *m != "base" && !fine_tuned(m)) {
+        out.extend(paired_table(
+            reference,
+            &format!("the {reference} baseline"),
+            &tuned,
+            &by,
+            metrics,
+            &headers,
+        ));
+    }
+    out.push(per_seed);
+    out
+}
+
+/// The paired change of each of `methods` against `reference` on the same seed (mean ± sd, and
+/// in how many seeds it rose); `None` when no method has a cell on a seed of `reference`.
+fn paired_table<'a>(
+    reference: &str,
+    what: &str,
+    methods: &[&str],
+    by: &dyn Fn(&str) -> Vec<&'a super::CellResult>,
+    metrics: &[Metric],
+    headers: &dyn Fn(&[&str]) -> Vec<String>,
+) -> Option<Table> {
+    let first = format!("method vs {reference}");
+    let mut delta = Table::new(headers(&[first.as_str(), "seeds"])).with_caption(format!(
+        "Paired change against {what} of the same seed: mean ± sd, and in how many seeds it rose"
+    ));
+    let mut rows = 0;
+    for method in methods {
+        let pairs: Vec<(&super::CellResult, &super::CellResult)> = by(method)
+            .into_iter()
             .filter_map(|c| {
                 let seed = c.params.get("seed")?;
-                by("base")
+                by(reference)
                     .into_iter()
                     .find(|b| b.params.get("seed") == Some(seed))
-                    .map(|b| (*c, b))
+                    .map(|b| (c, b))
             })
             .collect();
         if pairs.is_empty() {
             continue;
         }
+        rows += 1;
         delta.row(
-            [method.clone(), pairs.len().to_string()]
+            [method.to_string(), pairs.len().to_string()]
                 .into_iter()
                 .chain(metrics.iter().map(|m| {
                     let d: Vec<f64> = pairs
@@ -205,7 +253,7 @@ pub fn tables(cells: &[super::CellResult], metrics: &[Metric]) -> Vec<Table> {
                 })),
         );
     }
-    vec![summary, delta, per_seed]
+    (rows > 0).then_some(delta)
 }
 
 /// The sizes a seeded experiment's report lists: the fine-tuning sizes, the seeds, guidance, K,
@@ -382,6 +430,85 @@ mod tests {
         assert!((m - 2.5).abs() < 1e-15);
         assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
         assert_eq!(mean_sd(&[7.0]), (7.0, 0.0));
+    }
+
+    fn cell(method: &str, seed: u64, epochs: usize, recall: f64) -> crate::experiment::CellResult {
+        crate::experiment::CellResult {
+            name: format!("{method}-s{seed}"),
+            params: [("method", method.to_string()), ("seed", seed.to_string())]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            report: EvalReport {
+                extractor: "pixels".into(),
+                generated: 10,
+                reference: 10,
+                dim: 64,
+                k: 3,
+                fid: 1.0,
+                precision: 0.5,
+                recall,
+                density: 1.0,
+                coverage: 0.5,
+                inception_score: None,
+                inception_score_std: None,
+                attribute: None,
+                attributes: Vec::new(),
+                independent: None,
+                pixel_within_class: None,
+            },
+            epochs,
+            train_seconds: 0.0,
+            seconds: 0.0,
+            set_reward_first: None,
+            set_reward_last: None,
+        }
+    }
+
+    #[test]
+    fn fine_tuned_methods_are_paired_with_every_sampler_baseline() {
+        let cells = vec![
+            cell("base", 1, 0, 0.30),
+            cell("plain", 1, 0, 0.20),
+            cell("rl-mmd", 1, 2, 0.50),
+            cell("base", 2, 0, 0.35),
+            cell("plain", 2, 0, 0.25),
+            cell("rl-mmd", 2, 2, 0.40),
+        ];
+        let t = tables(&cells, &[Metric::new("R", |r| Some(r.recall))]);
+        let md: Vec<String> = t.iter().map(|t| t.markdown()).collect();
+        assert_eq!(t.len(), 4, "{md:#?}");
+        assert!(
+            md[0].contains("| rl-mmd | 2 | 0.450 ± 0.071 |"),
+            "{}",
+            md[0]
+        );
+        // Against the base: every other method, the baseline included.
+        assert!(md[1].contains("| method vs base |"), "{}", md[1]);
+        assert!(md[1].contains("| plain | 2 | -0.100 ± 0.000 (0/2 up) |"));
+        assert!(md[1].contains("| rl-mmd | 2 | 0.125 ± 0.106 (2/2 up) |"));
+        // Against the sampler baseline: the fine-tuned method only.
+        let c = t[2].caption.as_deref().unwrap();
+        assert!(
+            c.starts_with("Paired change against the plain baseline"),
+            "{c}"
+        );
+        assert!(
+            md[2].contains("| rl-mmd | 2 | 0.225 ± 0.106 (2/2 up) |"),
+            "{}",
+            md[2]
+        );
+        assert!(!md[2].contains("| base |") && !md[2].contains("| plain |"));
+        assert_eq!(md[3].matches("| rl-mmd |").count(), 2);
+        // No sampler baseline: the tables of before (mean ± sd, against the base, every row).
+        let plain_free: Vec<_> = cells
+            .into_iter()
+            .filter(|c| c.params["method"] != "plain")
+            .collect();
+        assert_eq!(
+            tables(&plain_free, &[Metric::new("R", |r| Some(r.recall))]).len(),
+            3
+        );
     }
 
     #[test]
