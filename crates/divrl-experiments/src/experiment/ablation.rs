@@ -110,24 +110,7 @@ mod tests {
 
     #[test]
     fn ablation_plots_one_per_sweep_and_metric() {
-        let report = |recall: f64, fid: f64| EvalReport {
-            extractor: "small".into(),
-            generated: 10,
-            reference: 20,
-            dim: 4,
-            k: 3,
-            fid,
-            precision: 0.5,
-            recall,
-            density: 1.0,
-            coverage: 0.5,
-            inception_score: None,
-            inception_score_std: None,
-            attribute: None,
-            attributes: Vec::new(),
-            independent: None,
-            pixel_within_class: None,
-        };
+        let report = |recall: f64, fid: f64| crate::experiment::test_report("small", recall, fid);
         let cell = |name: &str, m: &str, n: &str, epochs: usize, recall: f64| CellResult {
             name: name.into(),
             params: [("M", m), ("N", n)]

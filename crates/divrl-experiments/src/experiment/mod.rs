@@ -423,6 +423,29 @@ pub fn run_experiment(opts: &ExperimentOptions) -> Result<ExperimentOutcome> {
     })
 }
 
+/// A report with the given Recall and FID and fixed other metrics, for the tables' unit tests.
+#[cfg(test)]
+pub(crate) fn test_report(extractor: &str, recall: f64, fid: f64) -> EvalReport {
+    EvalReport {
+        extractor: extractor.into(),
+        generated: 10,
+        reference: 20,
+        dim: 4,
+        k: 3,
+        fid,
+        precision: 0.5,
+        recall,
+        density: 1.0,
+        coverage: 0.5,
+        inception_score: None,
+        inception_score_std: None,
+        attribute: None,
+        attributes: Vec::new(),
+        independent: None,
+        pixel_within_class: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
