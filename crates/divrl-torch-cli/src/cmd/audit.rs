@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub eta: f64,
     /// Feature networks ϕ, comma-separated: small, inception, inception-native, pixels (8 × 8),
-    /// pixels-<side>
+    /// pixels-<side>, pixels[-<side>]-norm (standardised per image)
     #[arg(long, value_delimiter = ',', default_value = "small")]
     pub extractor: Vec<String>,
     /// Weights of ϕ (with one --extractor) [default: the extractor's default location]

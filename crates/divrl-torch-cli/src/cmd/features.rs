@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(long)]
     pub images: String,
     /// Feature network: pixels (8 × 8 grey average-pooled pixels; pixels-<side> pools to another
-    /// side, e.g. pixels-28 for the raw pixels), small (the shipped
+    /// side, e.g. pixels-28 for the raw pixels; a -norm suffix, pixels-norm or pixels-14-norm,
+    /// standardises each image's vector), small (the shipped
     /// Fashion-MNIST classifier), inception (FID InceptionV3 pool3), clip (CLIP image encoder)
     #[arg(long, default_value = "small")]
     pub extractor: String,

@@ -24,24 +24,32 @@ pub fn default_clip_dir() -> PathBuf {
 }
 
 /// Names accepted by [`load_extractor`]; `pixels-<side>` (e.g. `pixels-14`, `pixels-28`) is the
-/// `pixels` extractor pooled to `side × side` instead of 8 × 8.
+/// `pixels` extractor pooled to `side × side` instead of 8 × 8, and a `-norm` suffix
+/// (`pixels-norm`, `pixels-14-norm`) standardises each image's pooled vector (layout without
+/// global brightness or contrast).
 pub const EXTRACTORS: [&str; 5] = ["pixels", "small", "inception", "inception-native", "clip"];
 
-/// The pooled side of a `pixels` / `pixels-<side>` name, `None` for any other name.
-fn pixel_side(name: &str) -> Option<Result<i64>> {
-    if name == "pixels" {
-        return Some(Ok(super::pixels::DEFAULT_SIDE));
+/// The pooled side of a `pixels` / `pixels-<side>` name and whether it ends in `-norm`, `None`
+/// for any other name.
+fn pixel_side(name: &str) -> Option<Result<(i64, bool)>> {
+    let (plain, norm) = match name.strip_suffix("-norm") {
+        Some(p) => (p, true),
+        None => (name, false),
+    };
+    if plain == "pixels" {
+        return Some(Ok((super::pixels::DEFAULT_SIDE, norm)));
     }
-    let side = name.strip_prefix("pixels-")?;
+    let side = plain.strip_prefix("pixels-")?;
     Some(match side.parse::<i64>() {
-        Ok(s) if (1..=1024).contains(&s) => Ok(s),
+        Ok(s) if (2..=1024).contains(&s) || (s == 1 && !norm) => Ok((s, norm)),
         _ => Err(anyhow::anyhow!(
-            "extractor {name:?}: the side after \"pixels-\" must be a whole number from 1 to 1024"
+            "extractor {name:?}: the side after \"pixels-\" must be a whole number from 1 to 1024 (from 2 with -norm)"
         )),
     })
 }
 
-/// Whether `name` is an extractor [`load_extractor`] knows (a well-formed `pixels-<side>` included).
+/// Whether `name` is an extractor [`load_extractor`] knows (a well-formed `pixels-<side>[-norm]`
+/// included).
 pub fn is_extractor_name(name: &str) -> bool {
     match pixel_side(name) {
         Some(side) => side.is_ok(),
@@ -59,22 +67,26 @@ pub fn is_image_extractor_name(name: &str) -> bool {
 
 /// The names [`is_image_extractor_name`] accepts, for error messages.
 pub const IMAGE_EXTRACTORS_HELP: &str =
-    "pixels, pixels-<side>, small, inception or inception-native";
+    "pixels, pixels-<side>, pixels[-<side>]-norm, small, inception or inception-native";
 
 /// Builds an extractor by name. `weights` overrides the default weights (a classifier checkpoint
 /// folder for `small`, a TorchScript archive for `inception`, a CLIP folder for `clip`; `pixels`,
-/// 8 × 8 grey average-pooled pixels, and `pixels-<side>` have none).
+/// 8 × 8 grey average-pooled pixels, `pixels-<side>` and the `-norm` variants have none).
 pub fn load_extractor(
     name: &str,
     weights: Option<&Path>,
     device: Device,
 ) -> Result<Box<dyn Extractor>> {
-    if let Some(side) = pixel_side(name) {
-        let side = side?;
+    if let Some(parsed) = pixel_side(name) {
+        let (side, norm) = parsed?;
         if let Some(w) = weights {
             bail!("the {name} extractor has no weights (got {})", w.display());
         }
-        return Ok(Box::new(PixelExtractor::new(side, 1)?));
+        return Ok(Box::new(if norm {
+            PixelExtractor::standardized(side, 1)?
+        } else {
+            PixelExtractor::new(side, 1)?
+        }));
     }
     match name {
         "small" => {
@@ -108,7 +120,7 @@ pub fn load_extractor(
             Ok(Box::new(ClipExtractor::load(&d, device)?))
         }
         other => bail!(
-            "unknown extractor {other:?}: expected one of {} (or pixels-<side>)",
+            "unknown extractor {other:?}: expected one of {} (or pixels-<side>, pixels[-<side>]-norm)",
             EXTRACTORS.join(", ")
         ),
     }
@@ -122,7 +134,13 @@ mod tests {
     #[test]
     fn pixels_side_from_the_name() {
         let img = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
-        for (name, side) in [("pixels", 8), ("pixels-14", 14), ("pixels-28", 28)] {
+        for (name, side) in [
+            ("pixels", 8),
+            ("pixels-14", 14),
+            ("pixels-28", 28),
+            ("pixels-norm", 8),
+            ("pixels-14-norm", 14),
+        ] {
             let e = load_extractor(name, None, Device::Cpu).unwrap();
             assert_eq!(e.dim(), side * side, "{name}");
             assert_eq!(e.name(), name);
@@ -138,7 +156,14 @@ mod tests {
         let a = load_extractor("pixels", None, Device::Cpu).unwrap();
         let b = load_extractor("pixels-14", None, Device::Cpu).unwrap();
         assert_ne!(a.fingerprint(), b.fingerprint());
-        for bad in ["pixels-0", "pixels-x", "pixels-", "pixels-99999"] {
+        for bad in [
+            "pixels-0",
+            "pixels-x",
+            "pixels-",
+            "pixels-99999",
+            "pixels-1-norm",
+            "pixels--norm",
+        ] {
             let err = load_extractor(bad, None, Device::Cpu)
                 .err()
                 .unwrap()
@@ -147,7 +172,8 @@ mod tests {
         }
         assert!(is_extractor_name("pixels-14") && is_extractor_name("inception"));
         assert!(!is_extractor_name("pixels-0") && !is_extractor_name("resnet"));
-        assert!(is_image_extractor_name("pixels-28"));
+        assert!(is_image_extractor_name("pixels-28") && is_image_extractor_name("pixels-norm"));
+        assert!(!is_extractor_name("pixels-norm-norm") && !is_extractor_name("small-norm"));
         for name in ["pixels", "small", "inception", "inception-native"] {
             assert!(is_image_extractor_name(name), "{name}");
             assert!(IMAGE_EXTRACTORS_HELP.contains(name), "{name}");

@@ -134,10 +134,12 @@ macro_rules! finetune_fields {
                 #[arg(long)]
             } trains;
         /// Feature network ϕ: `small` (Fashion-MNIST classifier), `inception`, `pixels` (8 × 8
-        /// average-pooled grey) or `pixels-<side>` (pooled to side × side, e.g. `pixels-28`).
+        /// average-pooled grey), `pixels-<side>` (pooled to side × side, e.g. `pixels-28`), or
+        /// either with `-norm` (each image's pooled vector standardised: layout without global
+        /// brightness or contrast, e.g. `pixels-norm`).
         extractor: String = "small".into(),
             set String {
-                /// Feature network ϕ: small, inception, pixels or pixels-<side> [default: small]
+                /// Feature network ϕ: small, inception, pixels, pixels-<side> or pixels[-<side>]-norm (standardised per image) [default: small]
                 #[arg(long)]
             } trains;
         /// Weights of ϕ (classifier folder / TorchScript archive); default the shipped ones.
@@ -890,7 +892,7 @@ mod tests {
     }
 
     /// The independent evaluation space: any extractor but CLIP (no Fashion-MNIST use), a
-    /// well-formed `pixels-<side>` included, or none.
+    /// well-formed `pixels-<side>[-norm]` included, or none.
     #[test]
     fn eval_independent_names() {
         for (name, ok) in [
@@ -899,6 +901,7 @@ mod tests {
             ("small", true),
             ("pixels", true),
             ("pixels-28", true),
+            ("pixels-14-norm", true),
             ("pixels-0", false),
             ("clip", false),
             ("resnet", false),
