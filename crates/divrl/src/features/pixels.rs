@@ -85,23 +85,21 @@ impl Extractor for PixelExtractor {
             &images.to_device(Device::Cpu).to_kind(Kind::Float),
             self.channels,
         )?;
-        let x = tch::no_grad(|| x.adaptive_avg_pool2d([self.side, self.side])).flatten(1, -1);
-        let features = if self.standardize {
-            tch::no_grad(|| {
-                let x = x.to_kind(Kind::Double);
-                let mean = x.mean_dim(1, true, Kind::Double);
-                let centred = &x - mean;
-                // Population standard deviation, so every row has unit mean square.
-                let std = centred
-                    .square()
-                    .mean_dim(1, true, Kind::Double)
-                    .sqrt()
-                    .clamp_min(STD_FLOOR);
-                (centred / std).to_kind(Kind::Float)
-            })
-        } else {
-            x
-        };
+        let features = tch::no_grad(|| {
+            let x = x.adaptive_avg_pool2d([self.side, self.side]).flatten(1, -1);
+            if !self.standardize {
+                return x;
+            }
+            let x = x.to_kind(Kind::Double);
+            let centred = &x - x.mean_dim(1, true, Kind::Double);
+            // Population standard deviation, so every row has unit mean square.
+            let std = centred
+                .square()
+                .mean_dim(1, true, Kind::Double)
+                .sqrt()
+                .clamp_min(STD_FLOOR);
+            (centred / std).to_kind(Kind::Float)
+        });
         Ok(Extracted {
             features,
             logits: None,
