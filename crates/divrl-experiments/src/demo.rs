@@ -223,7 +223,7 @@ fn build_report(j: &DemoJson, out: &Path) -> Result<Report> {
         j.command, j.machine, j.finished_utc, j.wall_seconds_total, j.wall_seconds, j.train_seconds
     ));
     r.paragraph(format!(
-        "Base model {} (data {}); the {} Diversity Reward against {} reference images per class; {} epochs of M = {} images for each of {} classes, {} DDIM steps at guidance {w}. Metrics: {}; {} generated images per class ({} in all); k = {} for Precision/Recall/Density/Coverage.",
+        "Base model {} (data {}); the {} Diversity Reward against {} reference images per class; {} epochs of M = {} images for each of {} classes, {} DDIM steps at guidance {w} (evaluated with {}). Metrics: {}; {} generated images per class ({} in all); k = {} for Precision/Recall/Density/Coverage.",
         cfg.base.display(),
         cfg.data,
         cfg.reward,
@@ -232,6 +232,7 @@ fn build_report(j: &DemoJson, out: &Path) -> Result<Report> {
         cfg.images_per_class,
         j.before.generated / cfg.eval_per_class.max(1),
         cfg.steps,
+        cfg.eval_sampler_steps(),
         space,
         cfg.eval_per_class,
         j.before.generated,

@@ -788,6 +788,30 @@ fn evaluation_reports_an_independent_space_and_pixel_spread() {
     assert!(w.generated > 0.0 && w.ratio > 0.0 && w.ratio.is_finite());
 }
 
+/// `eval_steps`: the held-out evaluation samples with its own step count, from the same noise;
+/// the rollouts keep `steps`.
+#[test]
+fn eval_steps_set_the_evaluation_samplers_step_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = |steps: usize, eval_steps: usize| {
+        let mut cfg = tiny_run_cfg(dir.path());
+        cfg.steps = steps;
+        cfg.eval_steps = eval_steps;
+        let ft = Finetuner::new(cfg, tiny_model(13), pixels(), two_mode_refs(64, 3), None).unwrap();
+        ft.eval_images(2, 2.0).unwrap()
+    };
+    let six = images(6, 0);
+    let nine = images(9, 0);
+    let six_eval_nine = images(6, 9);
+    assert_eq!(six_eval_nine.size(), vec![6, 1, 8, 8]);
+    assert!(
+        six_eval_nine.equal(&nine),
+        "eval_steps 9 = a 9-step run's evaluation"
+    );
+    let d = (&six - &nine).abs().max().double_value(&[]);
+    assert!(d > 1e-4, "6 and 9 steps draw different images ({d})");
+}
+
 /// `policy_steps`: the adapters act on the first steps only; the later steps are exactly the
 /// frozen base's; sampling and replay agree (ratio 1 on policy); only the first steps train, and
 /// every adapter weight gets a gradient through them.

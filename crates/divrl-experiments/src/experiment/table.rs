@@ -154,6 +154,10 @@ pub(super) fn sizes_of(cfg: &FinetuneConfig, extra: &[(&str, String)]) -> BTreeM
         ("phi", cfg.extractor.clone()),
         ("DDIM steps", cfg.steps.to_string()),
         (
+            "DDIM steps of the evaluation",
+            cfg.eval_sampler_steps().to_string(),
+        ),
+        (
             "evaluation images per class",
             cfg.eval_per_class.to_string(),
         ),

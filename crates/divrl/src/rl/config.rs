@@ -463,6 +463,15 @@ macro_rules! finetune_fields {
                 /// Generated images per condition for evaluation [default: 50]
                 #[arg(long)]
             } run;
+        /// DDIM steps of the held-out evaluation's sampler (0 = `steps`, the rollouts' count).
+        /// The adapters act at the same noise levels whatever the count (`policy_steps` gates
+        /// them by timestep), so a policy trained on short rollouts can be scored, and used, with
+        /// a longer sampler.
+        eval_steps: usize = 0,
+            set usize {
+                /// DDIM steps of the evaluation sampler, 0 = the training steps [default: 0]
+                #[arg(long)]
+            } run;
         /// A second feature network for the held-out evaluation that the reward never uses
         /// (`inception`, `small`, `pixels`; empty = none). Its metrics appear as `independent`.
         eval_independent: String = String::new(),
@@ -655,6 +664,14 @@ impl FinetuneConfig {
             rank: self.lora_rank,
             alpha: self.lora_alpha,
             targets: self.lora_targets.clone(),
+        }
+    }
+
+    /// DDIM steps of the held-out evaluation's sampler: `eval_steps`, or `steps` when it is 0.
+    pub fn eval_sampler_steps(&self) -> usize {
+        match self.eval_steps {
+            0 => self.steps,
+            n => n,
         }
     }
 

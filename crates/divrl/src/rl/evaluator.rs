@@ -128,6 +128,7 @@ pub fn eval_images<P: PolicyModel>(
     };
     let mut sampler = model.sampler(cfg);
     sampler.guidance = guidance;
+    sampler.steps = cfg.eval_sampler_steps();
     let device = model.device();
     let mut imgs = Vec::new();
     for (i, ls) in labels.chunks(chunk).enumerate() {
