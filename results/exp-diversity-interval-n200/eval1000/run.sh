@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
 # 1,000 images (100 per class) per method and seed, same noise per seed across methods:
-# base = interval guidance, plain = guidance 4 everywhere, rl2x = the 40-epoch r19 cells.
+# base = interval guidance, plain = guidance 4 everywhere, cads = CADS, rl2x = the 40-epoch r19
+# cells.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 source scripts/env.sh
-B=target/release/divrl-torch
+B=${B:-target/release/divrl-torch}
+# STEPS: DDIM steps of the evaluation sampler (the r19 runs trained at 10); files get the
+# step count after the method name when it is not 10 (base25-s1.npy ...).
+STEPS=${STEPS:-10}
+T=$([ "$STEPS" = 10 ] || echo "$STEPS")
+SEEDS=${SEEDS:-1 2 3}
 O=${O:-runs/eval1000}
 mkdir -p "$O"
 # CELLS: the experiment's cells folder (rl-sN = the 40-epoch runs of `--double`).
-for s in 1 2 3; do
+for s in $SEEDS; do
   seed=$((1000 + s))
-  common="--checkpoint models/fashion-mnist-base --class all --n 100 --guidance 4 --steps 10 --seed $seed --threads 1 --device cpu"
-  [ -f $O/base-s$s.npy ] || $B sample $common --guidance-interval 0.28,5.42 --npy $O/base-s$s.npy
-  [ -f $O/plain-s$s.npy ] || $B sample $common --npy $O/plain-s$s.npy
-  [ -f $O/rl2x-s$s.npy ] || $B sample $common --guidance-interval 0.28,5.42 --adapters ${CELLS:-runs/exp-r19/cells}/rl-s$s --npy $O/rl2x-s$s.npy
-  for m in base plain rl2x; do
+  common="--checkpoint models/fashion-mnist-base --class all --n 100 --guidance 4 --steps $STEPS --seed $seed --threads 1 --device cpu"
+  [ -f $O/base$T-s$s.npy ] || $B sample $common --guidance-interval 0.28,5.42 --npy $O/base$T-s$s.npy
+  [ -f $O/plain$T-s$s.npy ] || $B sample $common --npy $O/plain$T-s$s.npy
+  [ -f $O/rl2x$T-s$s.npy ] || $B sample $common --guidance-interval 0.28,5.42 --adapters ${CELLS:-runs/exp-r19/cells}/rl-s$s --npy $O/rl2x$T-s$s.npy
+  # CADS at the paper's class-conditional defaults, guidance 4 everywhere (the baseline beside
+  # interval guidance).
+  [ -f $O/cads$T-s$s.npy ] || $B sample $common --cads --npy $O/cads$T-s$s.npy
+  for m in base$T plain$T rl2x$T cads$T; do
     for x in inception pixels; do
       [ -f $O/$m-s$s-$x.json ] || $B eval --generated $O/$m-s$s.npy --reference fashion-mnist:eval --extractor $x --threads 1 --device cpu --no-progress --json --out $O/$m-s$s-$x.json > /dev/null
     done
@@ -22,6 +31,14 @@ for s in 1 2 3; do
   echo "seed $s done $(date)"
 done
 # Guidance 1 for the decomposition (seed 1 only):
-# $B sample --checkpoint models/fashion-mnist-base --class all --n 100 --guidance 1 --steps 10 --seed 1001 --threads 1 --device cpu --npy $O/g1-s1.npy
+# $B sample --checkpoint models/fashion-mnist-base --class all --n 100 --guidance 1 --steps $STEPS --seed 1001 --threads 1 --device cpu --npy $O/g1-s1.npy
 # Tables: O=$O python3 results/exp-diversity-interval-n200/eval1000/table.py
 #         .venv/bin/python results/exp-diversity-interval-n200/eval1000/decomp.py $O/{base,plain,rl2x}-s{1,2,3}.npy $O/g1-s1.npy
+# The 25-step evaluation (table25.txt, decomp25.txt; 2026-12-03, one process per seed):
+#   STEPS=25 SEEDS=1 bash run.sh & STEPS=25 SEEDS=2 bash run.sh & STEPS=25 SEEDS=3 bash run.sh
+#   for s in 1 2 3; do STEPS=25 bash run_adapters.sh rl1x runs/leads/r19-s$s $s; done  # 20 epochs
+#   for s in 1 2 3; do STEPS=25 bash run_adapters.sh r29 runs/leads/r29-s$s $s; done
+#   O=$O T=25 python3 results/exp-diversity-interval-n200/eval1000/table.py
+#   .venv/bin/python results/exp-diversity-interval-n200/eval1000/decomp.py $O/{plain,base,cads,rl1x,rl2x,r29}25-s{1,2,3}.npy
+# (runs/leads/r19-sN: results/exp-diversity/leads/r19 … configs with seed N — the experiment's
+# 20-epoch rl-sN cells, retrained; they reproduce the cells' set rewards exactly.)

@@ -1,22 +1,26 @@
 import json, os, statistics as st, sys
 O = os.environ.get("O", os.path.dirname(os.path.abspath(__file__)))
-methods = ["base", "plain", "rl2x"]
+# T: the evaluation sampler's step count when it is not 10 (files base25-s1-inception.json ...).
+T = os.environ.get("T", "")
+# rl1x: the 20-epoch models (run_adapters.sh); r29: the sigma_scale 0.25 lead at 20 epochs.
+methods = ["base", "plain", "cads", "rl1x", "rl2x", "r29"]
 keys = ["recall", "precision", "fid", "coverage"]
 def load(m, s, x):
-    p = f"{O}/{m}-s{s}-{x}.json"
+    p = f"{O}/{m}{T}-s{s}-{x}.json"
     if not os.path.exists(p):
         return None
     j = json.load(open(p))
     return {k: j[k] for k in keys}
 for x in ["pixels", "inception"]:
-    print(f"## {x} (1,000 generated vs fashion-mnist:eval)")
+    print(f"## {x} (1,000 generated vs fashion-mnist:eval, {T or 10} DDIM steps)")
     print("| method | seed | R | P | FID | C |")
     for m in methods:
         for s in [1, 2, 3]:
             r = load(m, s, x)
             if r:
                 print(f"| {m} | {s} | {r['recall']:.3f} | {r['precision']:.3f} | {r['fid']:.3f} | {r['coverage']:.3f} |")
-    for a, b in [("plain", "rl2x"), ("base", "rl2x"), ("plain", "base")]:
+    for a, b in [("plain", "rl2x"), ("base", "rl2x"), ("cads", "rl2x"), ("plain", "base"), ("plain", "cads"),
+                 ("plain", "rl1x"), ("base", "rl1x"), ("rl1x", "rl2x"), ("plain", "r29"), ("base", "r29"), ("rl2x", "r29")]:
         ds = {k: [] for k in keys}
         for s in [1, 2, 3]:
             ra, rb = load(a, s, x), load(b, s, x)
