@@ -788,8 +788,8 @@ fn evaluation_reports_an_independent_space_and_pixel_spread() {
     assert!(w.generated > 0.0 && w.ratio > 0.0 && w.ratio.is_finite());
 }
 
-/// `eval_steps`: the held-out evaluation samples with its own step count, from the same noise;
-/// the rollouts keep `steps`.
+/// `eval_steps`: the held-out evaluation samples with its own step count from the same
+/// evaluation noise: a 6-step run with `eval_steps = 9` evaluates exactly as a 9-step run does.
 #[test]
 fn eval_steps_set_the_evaluation_samplers_step_count() {
     let dir = tempfile::tempdir().unwrap();
