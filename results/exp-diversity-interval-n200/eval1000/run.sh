@@ -2,32 +2,19 @@
 # 1,000 images (100 per class) per method and seed, same noise per seed across methods:
 # base = interval guidance, plain = guidance 4 everywhere, cads = CADS, rl2x = the 40-epoch r19
 # cells.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-source scripts/env.sh
-B=${B:-target/release/divrl-torch}
-# STEPS: DDIM steps of the evaluation sampler (the r19 runs trained at 10); files get the
-# step count after the method name when it is not 10 (base25-s1.npy ...).
-STEPS=${STEPS:-10}
-T=$([ "$STEPS" = 10 ] || echo "$STEPS")
+source "$(dirname "$0")/common.sh"
 SEEDS=${SEEDS:-1 2 3}
-O=${O:-runs/eval1000}
-mkdir -p "$O"
 # CELLS: the experiment's cells folder (rl-sN = the 40-epoch runs of `--double`).
 for s in $SEEDS; do
   seed=$((1000 + s))
   common="--checkpoint models/fashion-mnist-base --class all --n 100 --guidance 4 --steps $STEPS --seed $seed --threads 1 --device cpu"
   [ -f $O/base$T-s$s.npy ] || $B sample $common --guidance-interval 0.28,5.42 --npy $O/base$T-s$s.npy
   [ -f $O/plain$T-s$s.npy ] || $B sample $common --npy $O/plain$T-s$s.npy
-  [ -f $O/rl2x$T-s$s.npy ] || $B sample $common --guidance-interval 0.28,5.42 --adapters ${CELLS:-runs/exp-r19/cells}/rl-s$s --npy $O/rl2x$T-s$s.npy
+  bash results/exp-diversity-interval-n200/eval1000/run_adapters.sh rl2x ${CELLS:-runs/exp-r19/cells}/rl-s$s $s
   # CADS at the paper's class-conditional defaults, guidance 4 everywhere (the baseline beside
   # interval guidance).
   [ -f $O/cads$T-s$s.npy ] || $B sample $common --cads --npy $O/cads$T-s$s.npy
-  for m in base$T plain$T rl2x$T cads$T; do
-    for x in inception pixels; do
-      [ -f $O/$m-s$s-$x.json ] || $B eval --generated $O/$m-s$s.npy --reference fashion-mnist:eval --extractor $x --threads 1 --device cpu --no-progress --json --out $O/$m-s$s-$x.json > /dev/null
-    done
-  done
+  for m in base plain cads; do score $O/$m$T-s$s; done
   echo "seed $s done $(date)"
 done
 # Guidance 1 for the decomposition (seed 1 only):
