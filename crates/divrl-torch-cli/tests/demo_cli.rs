@@ -28,7 +28,13 @@ fn demo_writes_a_self_contained_report_and_resumes() {
     let d = dir.path();
     let data = write_tiny_data(d, 300);
     let base = tiny_base(d, &data);
-    let ov = overlay(d, &data, "eval_every = 1\n");
+    // The preset's adapters act on its first 7 steps: 3 of the overlay's 4 here. A coarser pixel
+    // space stands in for the independent one.
+    let ov = overlay(
+        d,
+        &data,
+        "eval_every = 1\npolicy_steps = 3\neval_independent = \"pixels-4\"\n",
+    );
     let out = d.join("demo");
     let demo = || {
         let mut c = divrl();
@@ -44,11 +50,22 @@ fn demo_writes_a_self_contained_report_and_resumes() {
         "{stdout}"
     );
     let j = json(&out.join("report.json"));
-    for part in ["baseline_w1", "before", "after"] {
+    // The preset guides inside a noise interval: the plain sampler is a baseline beside it.
+    for part in ["baseline_w1", "baseline_plain", "before", "after"] {
         for m in ["recall", "precision", "fid", "density", "coverage"] {
             assert!(j[part][m].as_f64().unwrap().is_finite(), "{part}.{m}");
         }
+        assert!(j[part]["independent"]["recall"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+        assert!(j[part]["pixel_within_class"]["ratio"].as_f64().unwrap() > 0.0);
     }
+    assert_ne!(
+        j["baseline_plain"], j["before"],
+        "the interval changed nothing"
+    );
+    assert!(j["config"]["guidance_interval"].is_array());
     assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
     let eval_epochs: Vec<u64> = j["evals"]
         .as_array()
@@ -81,15 +98,28 @@ fn demo_writes_a_self_contained_report_and_resumes() {
         assert!(!html.contains(external), "{external}");
     }
     assert!(html.matches("<svg").count() >= 6, "plots missing");
-    for text in ["Before and after", "guidance 1", "config.toml", "approx-KL"] {
+    for text in [
+        "Before and after",
+        "guidance 1",
+        "every noise level",
+        "Every space",
+        "ind. Recall",
+        "config.toml",
+        "approx-KL",
+    ] {
         assert!(html.contains(text), "{text} missing");
     }
 
     // Rerunning continues the finished run: no new epochs, the cached baseline is kept.
     let w1 = std::fs::read(out.join("baseline-w1.json")).unwrap();
+    let plain = std::fs::read(out.join("baseline-plain.json")).unwrap();
     let (stdout, _) = run_ok(&mut demo());
     assert!(stdout.contains("report: "), "{stdout}");
     assert_eq!(std::fs::read(out.join("baseline-w1.json")).unwrap(), w1);
+    assert_eq!(
+        std::fs::read(out.join("baseline-plain.json")).unwrap(),
+        plain
+    );
     let j2 = json(&out.join("report.json"));
     assert_eq!(j2["epochs"], j["epochs"]);
     // Wall time adds up over invocations.

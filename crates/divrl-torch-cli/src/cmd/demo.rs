@@ -16,7 +16,7 @@ pub struct Args {
     /// TOML file of fine-tuning fields laid over the preset (as `divrl finetune --config`)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Base checkpoint folder [default: models/fashion-mnist-base-small, the base the RL preset was tuned on; a relative models/... path missing from the working directory is looked up in the repository's models/ or $DIVRL_MODELS_DIR]
+    /// Base checkpoint folder [default: models/fashion-mnist-base, the base of the diversity preset; a relative models/... path missing from the working directory is looked up in the repository's models/ or $DIVRL_MODELS_DIR]
     #[arg(long)]
     pub base: Option<PathBuf>,
     #[command(flatten)]
@@ -59,6 +59,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         done.report.baseline_w1.fid,
         t0.elapsed().as_secs_f64()
     );
+    if let (Some(bi), Some(ai)) = (&b.independent, &a.independent) {
+        eprintln!(
+            "{} (never seen by the reward): Recall {:.3} -> {:.3}, Coverage {:.3} -> {:.3}, FID {:.2} -> {:.2}",
+            bi.extractor, bi.recall, ai.recall, bi.coverage, ai.coverage, bi.fid, ai.fid
+        );
+    }
+    if let (Some(bp), Some(ap)) = (&b.pixel_within_class, &a.pixel_within_class) {
+        eprintln!(
+            "pixel distance within classes / real: {:.3} -> {:.3}",
+            bp.ratio, ap.ratio
+        );
+    }
+    if let Some(p) = &done.report.baseline_plain {
+        eprintln!(
+            "(guidance {} at every noise level, the plain sampler: Recall {:.3}, FID {:.2}{})",
+            opts.cfg.guidance,
+            p.recall,
+            p.fid,
+            p.independent.as_ref().map_or(String::new(), |i| format!(
+                "; {}: Recall {:.3}, FID {:.2}",
+                i.extractor, i.recall, i.fid
+            ))
+        );
+    }
     println!("report: {}", done.html.display());
     println!("json:   {}", done.json.display());
     Ok(())

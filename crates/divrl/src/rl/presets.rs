@@ -20,7 +20,8 @@ pub use super::config::RL_BASE;
 /// The base is [`RL_BASE`], the 687k-parameter model these settings were tuned and measured on. It
 /// collapses at guidance 4 (held-out Recall 0.117). On the larger, longer-trained
 /// `models/fashion-mnist-base` (Recall 0.238 at guidance 4) the same settings did not raise
-/// Recall in ten runs (BENCHMARKS.md); pass `--base models/fashion-mnist-base` to use it anyway.
+/// Recall in ten runs (BENCHMARKS.md): [`diversity`] (and with it [`demo`]) changes them for
+/// that base.
 fn common() -> FinetuneConfig {
     FinetuneConfig {
         base: PathBuf::from(RL_BASE),
@@ -49,27 +50,28 @@ fn common() -> FinetuneConfig {
     }
 }
 
-/// `divrl demo`: MMD fine-tuning at guidance 4 on the shipped base and ϕ. Full: 20 epochs (where
-/// BENCHMARKS.md's runs peaked; longer MMD runs drift) with held-out evaluations of 30 images per
-/// class at epochs 0, 10 and 20. Quick: 4 epochs and 10 evaluation images per class, a first look
-/// that shows the pipeline more than the effect.
+/// `divrl demo`: one run of [`diversity`] (issue 12's setting on the 1.33M base, RL on top of
+/// interval guidance), with held-out evaluations of the base before and of the moving average
+/// after. Full: the preset's 20 epochs, evaluations at epochs 0 and 20 of 50 images per class at
+/// 25 DDIM steps in ϕ = 8 × 8 pixels and in the FID-Inception space, with the pixel spread within
+/// classes. Quick: 4 epochs of the quick preset (2 sets per class, N = 50) with 10 evaluation
+/// images per class at the rollouts' 10 steps, a first look that shows the pipeline more than
+/// the effect.
 pub fn demo(quick: bool) -> FinetuneConfig {
-    let c = common();
+    let d = diversity(quick);
     if quick {
         FinetuneConfig {
             out: PathBuf::from("runs/demo-quick"),
             epochs: 4,
             eval_every: 4,
             eval_per_class: 10,
-            ..c
+            ..d
         }
     } else {
         FinetuneConfig {
             out: PathBuf::from("runs/demo"),
-            epochs: 20,
-            eval_every: 10,
-            eval_per_class: 30,
-            ..c
+            eval_every: d.epochs,
+            ..d
         }
     }
 }
@@ -272,6 +274,29 @@ mod tests {
             assert!(c.sampler_config().guidance_interval.is_some());
         }
         assert_eq!(diversity(false).ref_per_class, 200);
+        // The demo is one run of the preset, evaluated before and after (epochs 0 and 20).
+        let (d, p) = (demo(false), diversity(false));
+        d.validate().unwrap();
+        assert_eq!((d.eval_every, d.epochs), (p.epochs, p.epochs));
+        assert_eq!(
+            (
+                d.base,
+                d.extractor,
+                d.eval_independent,
+                d.eval_steps,
+                d.guidance_interval
+            ),
+            (
+                p.base,
+                p.extractor,
+                p.eval_independent,
+                p.eval_steps,
+                p.guidance_interval
+            )
+        );
+        let q = demo(true);
+        q.validate().unwrap();
+        assert_eq!((q.epochs, q.eval_every), (4, 4));
         // Trained on 10-step rollouts, evaluated with 25 steps.
         assert_eq!(
             (diversity(false).steps, diversity(false).eval_steps),

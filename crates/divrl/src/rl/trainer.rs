@@ -601,6 +601,18 @@ impl<P: PolicyModel> Trainer<P> {
         })
     }
 
+    /// [`Self::eval_images`] with guidance at every noise level (the run's `guidance_interval`
+    /// dropped): the plain sampler beside the interval one, on the same evaluation noise.
+    pub fn eval_images_plain(&self, per_class: usize, guidance: f64) -> Result<Tensor> {
+        let cfg = FinetuneConfig {
+            guidance_interval: None,
+            ..self.cfg.clone()
+        };
+        self.with_result_weights(|| {
+            eval_images(&self.model, &cfg, &self.classes, per_class, guidance)
+        })
+    }
+
     /// Runs `f` with the run's result in the model: the moving average of the weights with
     /// `policy_ema`, the current weights otherwise; the current weights are back afterwards.
     pub fn with_result_weights<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
