@@ -3,7 +3,8 @@ O = os.environ.get("O", os.path.dirname(os.path.abspath(__file__)))
 # T: the evaluation sampler's step count when it is not 10 (files base25-s1-inception.json ...).
 T = os.environ.get("T", "")
 # rl1x: the 20-epoch models (run_adapters.sh); r29: the sigma_scale 0.25 lead at 20 epochs.
-methods = ["base", "plain", "cads", "rl1x", "rl2x", "r29"]
+# METHODS (space-separated) and PAIRS ("a:b a:b") override the default rows and comparisons.
+methods = os.environ.get("METHODS", "base plain cads rl1x rl2x r29").split()
 keys = ["recall", "precision", "fid", "coverage"]
 def load(m, s, x):
     p = f"{O}/{m}{T}-s{s}-{x}.json"
@@ -19,8 +20,11 @@ for x in ["pixels", "inception"]:
             r = load(m, s, x)
             if r:
                 print(f"| {m} | {s} | {r['recall']:.3f} | {r['precision']:.3f} | {r['fid']:.3f} | {r['coverage']:.3f} |")
-    for a, b in [("plain", "rl2x"), ("base", "rl2x"), ("cads", "rl2x"), ("plain", "base"), ("plain", "cads"),
-                 ("plain", "rl1x"), ("base", "rl1x"), ("rl1x", "rl2x"), ("plain", "r29"), ("base", "r29"), ("rl2x", "r29")]:
+    pairs = [("plain", "rl2x"), ("base", "rl2x"), ("cads", "rl2x"), ("plain", "base"), ("plain", "cads"),
+             ("plain", "rl1x"), ("base", "rl1x"), ("rl1x", "rl2x"), ("plain", "r29"), ("base", "r29"), ("rl2x", "r29")]
+    if os.environ.get("PAIRS"):
+        pairs = [tuple(p.split(":")) for p in os.environ["PAIRS"].split()]
+    for a, b in pairs:
         ds = {k: [] for k in keys}
         for s in [1, 2, 3]:
             ra, rb = load(a, s, x), load(b, s, x)
