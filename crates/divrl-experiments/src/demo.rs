@@ -113,53 +113,43 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     let g = GRID_PER_CLASS.min(cfg.eval_per_class);
     pb.inc(1);
 
-    // The base model at guidance 1 (cached: it does not change while fine-tuning).
-    let w1_json = out.join(BASELINE_W1);
-    let w1_png = out.join(GRIDS_DIR).join("base-w1.png");
-    let baseline_w1: EvalReport = if w1_json.exists() && w1_png.exists() {
-        read_json(&w1_json)?
-    } else {
-        if trainer.epoch > 0 {
-            bail!(
-                "{} holds a run past epoch 0 but no {BASELINE_W1}: the guidance-1 baseline must come from the base model; use a fresh --out",
-                out.display()
-            );
-        }
-        pb.set_message("sampling the base model at guidance 1");
-        let imgs = trainer.eval_images(cfg.eval_per_class, 1.0)?;
-        let rep = trainer.evaluate_images(&imgs)?;
-        write_atomic(&w1_png, &grid_png(&imgs, k, g)?)?;
-        write_json(&w1_json, &rep)?;
-        rep
-    };
-    pb.inc(1);
-
-    // With interval guidance, the plain sampler (guidance at every noise level) beside it, on
-    // the same noise: the baseline a user has before trying anything (cached likewise).
+    // The base model at guidance 1 and, with interval guidance, the plain sampler (guidance at
+    // every noise level) beside it on the same noise: the baseline a user has before trying
+    // anything. Both cached: they do not change while fine-tuning.
     let w = cfg.guidance;
-    let baseline_plain: Option<EvalReport> = if plain {
-        let json = out.join(BASELINE_PLAIN);
-        let png = out.join(GRIDS_DIR).join(format!("base-plain-w{w}.png"));
-        let rep = if json.exists() && png.exists() {
-            read_json(&json)?
+    let baseline = |json: &str, png: String, what: &str, plain: bool| -> Result<EvalReport> {
+        let (json_path, png_path) = (out.join(json), out.join(GRIDS_DIR).join(png));
+        let rep = if json_path.exists() && png_path.exists() {
+            read_json(&json_path)?
         } else {
             if trainer.epoch > 0 {
                 bail!(
-                    "{} holds a run past epoch 0 but no {BASELINE_PLAIN}: the plain-guidance baseline must come from the base model; use a fresh --out",
+                    "{} holds a run past epoch 0 but no {json}: the {what} baseline must come from the base model; use a fresh --out",
                     out.display()
                 );
             }
-            pb.set_message(format!(
-                "sampling the base model at guidance {w} on every step"
-            ));
-            let imgs = trainer.eval_images_plain(cfg.eval_per_class, w)?;
+            pb.set_message(format!("sampling the base model ({what})"));
+            let imgs = if plain {
+                trainer.eval_images_plain(cfg.eval_per_class, w)?
+            } else {
+                trainer.eval_images(cfg.eval_per_class, 1.0)?
+            };
             let rep = trainer.evaluate_images(&imgs)?;
-            write_atomic(&png, &grid_png(&imgs, k, g)?)?;
-            write_json(&json, &rep)?;
+            write_atomic(&png_path, &grid_png(&imgs, k, g)?)?;
+            write_json(&json_path, &rep)?;
             rep
         };
         pb.inc(1);
-        Some(rep)
+        Ok(rep)
+    };
+    let baseline_w1 = baseline(BASELINE_W1, "base-w1.png".into(), "guidance-1", false)?;
+    let baseline_plain = if plain {
+        Some(baseline(
+            BASELINE_PLAIN,
+            format!("base-plain-w{w}.png"),
+            "plain-guidance",
+            true,
+        )?)
     } else {
         None
     };
