@@ -140,7 +140,7 @@ pub fn load_model(dir: &Path, device: Device, ema: bool) -> Result<LoadedModel> 
         .validate()
         .with_context(|| format!("{}", dir.join(CONFIG_FILE).display()))?;
     let mut vs = VarStore::new(device);
-    let unet = UNet::new(&vs.root(), &config.model)?;
+    let unet = crate::rng::with_torch_rng(|| UNet::new(&vs.root(), &config.model))?;
     let file = if ema && dir.join(EMA_FILE).exists() {
         EMA_FILE
     } else {

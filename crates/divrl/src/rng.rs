@@ -17,6 +17,15 @@ pub fn with_torch_seed<T>(seed: i64, init: impl FnOnce() -> T) -> T {
     init()
 }
 
+/// Runs `build` under the same lock, without seeding: for models built only to be overwritten
+/// (loading weights, copying a frozen base). Their default initialisation still draws from
+/// libtorch's global generator, and a draw in the middle of another thread's
+/// [`with_torch_seed`] would change that thread's weights.
+pub fn with_torch_rng<T>(build: impl FnOnce() -> T) -> T {
+    let _guard = TORCH_SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    build()
+}
+
 /// SplitMix64: a tiny, portable PRNG so splits are identical everywhere.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
@@ -67,5 +76,37 @@ impl SplitMix64 {
             .view(shape)
             .to_kind(Kind::Float)
             .to_device(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn draw() -> Vec<f32> {
+        Vec::<f32>::try_from(Tensor::randn([8], (Kind::Float, Device::Cpu))).unwrap()
+    }
+
+    /// A build under `with_torch_rng` on another thread waits for a seeded initialisation to
+    /// finish, so the seeded draws are those of the seed alone. Without the lock the other
+    /// thread's draw lands in the pause between the two seeded draws and changes the second.
+    #[test]
+    fn unseeded_builds_wait_for_a_seeded_initialisation() {
+        let alone = with_torch_seed(5, || (draw(), draw()));
+        let (started, wait) = mpsc::channel();
+        let other = std::thread::spawn(move || {
+            wait.recv().unwrap();
+            with_torch_rng(draw)
+        });
+        let seeded = with_torch_seed(5, || {
+            let first = draw();
+            started.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            (first, draw())
+        });
+        other.join().unwrap();
+        assert_eq!(seeded, alone);
     }
 }

@@ -285,7 +285,7 @@ pub fn load_classifier(dir: &Path, device: Device) -> Result<LoadedClassifier> {
         read_toml(&dir.join(CLASSIFIER_CONFIG_FILE)).context("loading classifier config")?;
     config.model.validate()?;
     let mut vs = nn::VarStore::new(device);
-    let net = Classifier::new(&vs.root(), &config.model)?;
+    let net = crate::rng::with_torch_rng(|| Classifier::new(&vs.root(), &config.model))?;
     load_vars(&mut vs, &dir.join(CLASSIFIER_WEIGHTS_FILE))?;
     vs.freeze();
     Ok(LoadedClassifier { vs, net, config })

@@ -672,7 +672,7 @@ pub fn load_clip(dir: &Path, arch: Option<&str>, device: Device) -> Result<Loade
         );
     };
     let mut vs = nn::VarStore::new(device);
-    let model = Clip::new(&vs.root(), &cfg)?;
+    let model = crate::rng::with_torch_rng(|| Clip::new(&vs.root(), &cfg))?;
     let weights = dir.join(CLIP_WEIGHTS_FILE);
     crate::config::load_vars(&mut vs, &weights)?;
     vs.freeze();

@@ -66,14 +66,15 @@ impl AdaptedModel {
             Some(t_min) => {
                 // The frozen base: a copy of the weights just loaded, before the adapters.
                 let mut fvs = VarStore::new(device);
-                let frozen = UNet::new(&fvs.root(), &model.config.model)?;
+                let frozen =
+                    crate::rng::with_torch_rng(|| UNet::new(&fvs.root(), &model.config.model))?;
                 copy_vars(&fvs, &model.vs)?;
                 fvs.freeze();
                 Some((fvs, frozen, t_min))
             }
         };
         let mut adapters = VarStore::new(device);
-        model.unet.add_lora(&adapters.root(), &lora)?;
+        crate::rng::with_torch_rng(|| model.unet.add_lora(&adapters.root(), &lora))?;
         load_vars(&mut adapters, &run.join(LORA_FILE))
             .with_context(|| format!("adapters of {} on base {}", run.display(), base.display()))?;
         Ok(Self {

@@ -71,7 +71,7 @@ impl UnetPolicy {
         let gate_t_min = gate_t_min(&sched, cfg.steps, cfg.policy_steps)?;
         let ref_model = if cfg.kl_coef > 0.0 || gate_t_min.is_some() {
             let mut rvs = VarStore::new(device);
-            let runet = UNet::new(&rvs.root(), &base_config.model)?;
+            let runet = crate::rng::with_torch_rng(|| UNet::new(&rvs.root(), &base_config.model))?;
             copy_vars(&rvs, &vs)?;
             rvs.freeze();
             Some((rvs, runet))

@@ -322,7 +322,8 @@ pub fn apply_lora(
                     l.b.size()
                 );
             }
-            lin.add_lora(&sub_path(root, &m), l.rank(), l.alpha)
+            // Overwritten below; drawn under the lock so a seeded init elsewhere is undisturbed.
+            crate::rng::with_torch_rng(|| lin.add_lora(&sub_path(root, &m), l.rank(), l.alpha))
                 .with_context(|| m.clone())?;
             let ad = lin.lora.as_mut().expect("just added");
             tch::no_grad(|| {

@@ -238,7 +238,7 @@ impl StableDiffusion {
         ucfg.validate()
             .with_context(|| format!("{}", ucfg_path.display()))?;
         let mut unet_vs = VarStore::new(device);
-        let unet = UNet2DCondition::new(&unet_vs.root(), &ucfg)?;
+        let unet = crate::rng::with_torch_rng(|| UNet2DCondition::new(&unet_vs.root(), &ucfg))?;
         let st = [
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
@@ -252,7 +252,7 @@ impl StableDiffusion {
         vcfg.validate()
             .with_context(|| format!("{}", vcfg_path.display()))?;
         let mut vae_vs = VarStore::new(device);
-        let vae = VaeDecoder::new(&vae_vs.root(), &vcfg)?;
+        let vae = crate::rng::with_torch_rng(|| VaeDecoder::new(&vae_vs.root(), &vcfg))?;
         load_weights(
             &mut vae_vs,
             &weights_file(&dir.join("vae"), &st)?,
@@ -271,7 +271,7 @@ impl StableDiffusion {
         let tcfg_path = cfg_of("text_encoder", "config.json");
         let tcfg: ClipTextConfig = read_json(&tcfg_path)?;
         let mut text_vs = VarStore::new(device);
-        let text = ClipTextModel::new(&text_vs.root(), &tcfg)
+        let text = crate::rng::with_torch_rng(|| ClipTextModel::new(&text_vs.root(), &tcfg))
             .with_context(|| format!("{}", tcfg_path.display()))?;
         load_weights(
             &mut text_vs,
