@@ -12,9 +12,10 @@ static TORCH_SEED_LOCK: Mutex<()> = Mutex::new(());
 /// user's worker threads) cannot interleave their draws: the same seed always gives the same
 /// weights.
 pub fn with_torch_seed<T>(seed: i64, init: impl FnOnce() -> T) -> T {
-    let _guard = TORCH_SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    init()
+    with_torch_rng(|| {
+        tch::manual_seed(seed);
+        init()
+    })
 }
 
 /// Runs `build` under the same lock, without seeding: for models built only to be overwritten
