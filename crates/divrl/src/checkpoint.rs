@@ -128,6 +128,18 @@ pub struct LoadedModel {
     pub config: BaseConfig,
 }
 
+impl LoadedModel {
+    /// A frozen copy of the weights as they are now (before adapters are added or the weights
+    /// trained): the KL anchor's reference model and the ungated base of `policy_steps`.
+    pub fn frozen_copy(&self) -> Result<(VarStore, UNet)> {
+        let mut vs = VarStore::new(self.vs.device());
+        let unet = crate::rng::with_torch_rng(|| UNet::new(&vs.root(), &self.config.model))?;
+        crate::optim::copy_vars(&vs, &self.vs)?;
+        vs.freeze();
+        Ok((vs, unet))
+    }
+}
+
 /// Loads `config.toml` and the EMA weights (or the raw weights with `ema = false`, or when there
 /// is no EMA file).
 pub fn load_model(dir: &Path, device: Device, ema: bool) -> Result<LoadedModel> {

@@ -12,7 +12,6 @@ use crate::checkpoint::{load_model, load_vars, LoadedModel, CONFIG_FILE};
 use crate::config::read_toml;
 use crate::models::unet::UNet;
 use crate::nn::lora::LoraConfig;
-use crate::optim::copy_vars;
 use crate::schedule::EpsModel;
 
 use super::config::FinetuneConfig;
@@ -65,11 +64,7 @@ impl AdaptedModel {
             None => None,
             Some(t_min) => {
                 // The frozen base: a copy of the weights just loaded, before the adapters.
-                let mut fvs = VarStore::new(device);
-                let frozen =
-                    crate::rng::with_torch_rng(|| UNet::new(&fvs.root(), &model.config.model))?;
-                copy_vars(&fvs, &model.vs)?;
-                fvs.freeze();
+                let (fvs, frozen) = model.frozen_copy()?;
                 Some((fvs, frozen, t_min))
             }
         };

@@ -12,7 +12,6 @@ use crate::checkpoint::{BaseConfig, LoadedModel, CONFIG_FILE, EMA_FILE};
 use crate::config::{write_safetensors_atomic, write_toml};
 use crate::models::unet::UNet;
 use crate::nn::lora::merged_weight;
-use crate::optim::copy_vars;
 use crate::sample::{sample_trajectory, Trajectory};
 use crate::schedule::{EpsModel, NoiseSchedule, SamplerConfig, StepGaussian};
 
@@ -61,6 +60,12 @@ impl UnetPolicy {
     /// Adds LoRA adapters (initialised from `cfg.seed`) to a loaded base, or unfreezes it for
     /// `full_finetune`, and keeps a frozen copy of the base when `kl_coef > 0`.
     pub fn new(cfg: &FinetuneConfig, model: LoadedModel) -> Result<Self> {
+        let gate_t_min = gate_t_min(&model.sched, cfg.steps, cfg.policy_steps)?;
+        let ref_model = if cfg.kl_coef > 0.0 || gate_t_min.is_some() {
+            Some(model.frozen_copy()?)
+        } else {
+            None
+        };
         let LoadedModel {
             mut vs,
             mut unet,
@@ -68,16 +73,6 @@ impl UnetPolicy {
             config: base_config,
         } = model;
         let device = vs.device();
-        let gate_t_min = gate_t_min(&sched, cfg.steps, cfg.policy_steps)?;
-        let ref_model = if cfg.kl_coef > 0.0 || gate_t_min.is_some() {
-            let mut rvs = VarStore::new(device);
-            let runet = crate::rng::with_torch_rng(|| UNet::new(&rvs.root(), &base_config.model))?;
-            copy_vars(&rvs, &vs)?;
-            rvs.freeze();
-            Some((rvs, runet))
-        } else {
-            None
-        };
         let lora_vs = if cfg.full_finetune {
             vs.unfreeze();
             None
