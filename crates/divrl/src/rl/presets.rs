@@ -106,7 +106,7 @@ pub fn experiment(reward: RewardKind, guidance: f64, quick: bool) -> FinetuneCon
 /// sampler's images sit at Inception FID ≈ 91–100, where Inception Recall and Coverage barely
 /// tell samplers apart, at 25 steps at 60–70. On 1,000 images per seed at 25 steps the 20-epoch
 /// models beat the plain sampler in every seed on Recall and Coverage in pixel ϕ and in
-/// Inception, at better FID and Precision within 2 points in both spaces, close 21–39 % of the
+/// Inception, at better FID and Precision at most 2 points lower in both spaces, close 21–39 % of the
 /// within-class pixel spread's gap to real images, and beat interval guidance alone on Recall at
 /// better FID in both spaces. The anchor is the Precision guard: without it (r32) Recall and
 /// spread rose further but one seed of three lost 8 points of ϕ Precision at 20 epochs and the
