@@ -106,9 +106,9 @@ pub fn experiment(reward: RewardKind, guidance: f64, quick: bool) -> FinetuneCon
 /// sampler's images sit at Inception FID ≈ 91–100, where Inception Recall and Coverage barely
 /// tell samplers apart, at 25 steps at 60–70. On 1,000 images per seed at 25 steps the 20-epoch
 /// models beat the plain sampler in every seed on Recall and Coverage in pixel ϕ and in
-/// Inception, at better FID and Precision at most 2 points lower in both spaces, close 21–39 % of the
-/// within-class pixel spread's gap to real images, and beat interval guidance alone on Recall at
-/// better FID in both spaces. The anchor is the Precision guard: without it (r32) Recall and
+/// Inception, at better FID and Precision at most 2 points lower in both spaces, close 21–39 %
+/// of the within-class pixel spread's gap to real images, and beat interval guidance alone on
+/// Recall at better FID in both spaces. The anchor is the Precision guard: without it (r32) Recall and
 /// spread rose further but one seed of three lost 8 points of ϕ Precision at 20 epochs and the
 /// policy kept drifting at 40; at 0.03 (r30) the spread closed 20 % of the gap, at 0.1 (the
 /// preset before) 16–19 %; the GP-MI preset before that (ϕ = the classifier, K = 5) cost 10
