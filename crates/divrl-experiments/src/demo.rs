@@ -129,6 +129,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
                 );
             }
             pb.set_message(format!("sampling the base model ({what})"));
+            let t = Instant::now();
             let imgs = if plain {
                 trainer.eval_images_plain(cfg.eval_per_class, w)?
             } else {
@@ -137,6 +138,13 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
             let rep = trainer.evaluate_images(&imgs)?;
             write_atomic(&png_path, &grid_png(&imgs, k, g)?)?;
             write_json(&json_path, &rep)?;
+            if !opts.progress {
+                tracing::info!(
+                    "{what} baseline: {} images sampled and scored in {:.0} s",
+                    imgs.size()[0],
+                    t.elapsed().as_secs_f64()
+                );
+            }
             rep
         };
         pb.inc(1);

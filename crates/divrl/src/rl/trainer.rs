@@ -779,7 +779,16 @@ impl<P: PolicyModel> Trainer<P> {
         let mut evals = Vec::new();
         let do_eval = writer && self.cfg.eval_every > 0 && self.evaluator.set.is_some();
         let mut eval_now = |me: &mut Self| -> Result<()> {
+            let t = std::time::Instant::now();
             let (rep, images) = me.eval_and_log()?;
+            if log_lines {
+                tracing::info!(
+                    "evaluation at epoch {}: {} images sampled and scored in {:.0} s",
+                    me.epoch,
+                    images.size()[0],
+                    t.elapsed().as_secs_f64()
+                );
+            }
             on_eval(me.epoch, &rep, &images)?;
             pb.inc(1);
             evals.push((me.epoch, rep));
