@@ -43,7 +43,24 @@ fn demo_writes_a_self_contained_report_and_resumes() {
             .args(["--out", out.to_str().unwrap(), "--no-progress"]);
         c
     };
-    let (stdout, _) = run_ok(&mut demo());
+    let (stdout, stderr) = run_ok(&mut demo());
+    // Without a bar every slow stage says when it is done (the full demo's baselines and
+    // evaluations take minutes each).
+    for line in [
+        "guidance-1 baseline: ",
+        "plain-guidance baseline: ",
+        "evaluation at epoch 0: ",
+        "evaluation at epoch 1: ",
+        "evaluation at epoch 2: ",
+        "epoch 2/2: set reward",
+    ] {
+        assert!(stderr.contains(line), "{line}: {stderr}");
+    }
+    assert_eq!(
+        stderr.matches(" images sampled and scored in ").count(),
+        5,
+        "{stderr}"
+    );
     let html_path = out.join("report.html");
     assert!(
         stdout.contains(&format!("report: {}", html_path.display())),
