@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use divrl::rl::evaluator::eval_batches;
 use divrl::rl::trainer::read_run_config;
 use divrl::rl::{build_finetuner, AdaptedModel};
 use divrl::sample::sample_trajectory;
@@ -17,10 +18,10 @@ fn main() -> Result<()> {
             .nth(1)
             .unwrap_or_else(|| "runs/demo".into()),
     );
-    let tmp = tempfile_dir()?;
-    copy_dir(&run, &tmp)?;
+    let tmp = tempfile::tempdir()?;
+    copy_dir(&run, tmp.path())?;
     let mut cfg = read_run_config(&run)?;
-    cfg.out = tmp.clone();
+    cfg.out = tmp.path().to_path_buf();
     let mut trainer = build_finetuner(&cfg, true, false)?;
     if !trainer.resume()? {
         bail!("{} has no checkpoint", run.display());
@@ -35,17 +36,9 @@ fn main() -> Result<()> {
     sampler.steps = cfg.eval_sampler_steps();
     let m = &adapted.model.config.model;
     let shape = [m.in_channels, m.image_size, m.image_size];
-    let labels: Vec<i64> = (0..per_class)
-        .flat_map(|_| trainer.classes.iter().copied())
-        .collect();
-    let chunk = match cfg.sample_batch_size {
-        0 => 100,
-        n => n,
-    };
     let mut imgs = Vec::new();
-    for (i, ls) in labels.chunks(chunk).enumerate() {
-        let y = Tensor::from_slice(ls);
-        let seed = (cfg.seed ^ 0xE7A1_0000_0000_0000).wrapping_add(i as u64);
+    for (ls, seed) in eval_batches(&cfg, &trainer.classes, per_class)? {
+        let y = Tensor::from_slice(&ls);
         let t = tch::no_grad(|| {
             sample_trajectory(&adapted, &adapted.model.sched, &sampler, &y, shape, seed)
         })?;
@@ -69,14 +62,7 @@ fn main() -> Result<()> {
             rb.precision, rb.recall, rb.fid
         );
     }
-    std::fs::remove_dir_all(&tmp)?;
     Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("eval-vs-adapters-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

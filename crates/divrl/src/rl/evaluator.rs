@@ -104,18 +104,16 @@ impl Evaluator {
     }
 }
 
-/// `per_class` images per condition of `classes` at guidance `guidance`, from the evaluation
-/// noise (a function of `cfg.seed` only, so the same before and after fine-tuning), in chunks of
-/// `cfg.sample_batch_size` (default 100). Conditions are interleaved: image `i` has condition
-/// `classes[i % classes.len()]`, so every Inception-Score split holds every condition.
-/// `[-1, 1]`, on the CPU.
-pub fn eval_images<P: PolicyModel>(
-    model: &P,
+/// The evaluation noise of a run: the batches of [`eval_images`] as (conditions, noise seed),
+/// `per_class` images per condition of `classes` in chunks of `cfg.sample_batch_size` (default
+/// 100). The seeds are a function of `cfg.seed` only, so the noise is the same before and after
+/// fine-tuning. Conditions are interleaved: image `i` has condition `classes[i % classes.len()]`,
+/// so every Inception-Score split holds every condition.
+pub fn eval_batches(
     cfg: &FinetuneConfig,
     classes: &[i64],
     per_class: usize,
-    guidance: f64,
-) -> Result<Tensor> {
+) -> Result<Vec<(Vec<i64>, u64)>> {
     let labels: Vec<i64> = (0..per_class)
         .flat_map(|_| classes.iter().copied())
         .collect();
@@ -126,14 +124,32 @@ pub fn eval_images<P: PolicyModel>(
         0 => 100,
         n => n,
     };
+    Ok(labels
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, ls)| {
+            let seed = (cfg.seed ^ 0xE7A1_0000_0000_0000).wrapping_add(i as u64);
+            (ls.to_vec(), seed)
+        })
+        .collect())
+}
+
+/// `per_class` images per condition of `classes` at guidance `guidance`, from the evaluation
+/// noise ([`eval_batches`]). `[-1, 1]`, on the CPU.
+pub fn eval_images<P: PolicyModel>(
+    model: &P,
+    cfg: &FinetuneConfig,
+    classes: &[i64],
+    per_class: usize,
+    guidance: f64,
+) -> Result<Tensor> {
     let mut sampler = model.sampler(cfg);
     sampler.guidance = guidance;
     sampler.steps = cfg.eval_sampler_steps();
     let device = model.device();
     let mut imgs = Vec::new();
-    for (i, ls) in labels.chunks(chunk).enumerate() {
-        let y = Tensor::from_slice(ls).to_device(device);
-        let seed = (cfg.seed ^ 0xE7A1_0000_0000_0000).wrapping_add(i as u64);
+    for (ls, seed) in eval_batches(cfg, classes, per_class)? {
+        let y = Tensor::from_slice(&ls).to_device(device);
         let t = model.sample(&sampler, &y, seed)?;
         imgs.push(
             model

@@ -727,7 +727,9 @@ impl<P: PolicyModel> Trainer<P> {
         Ok(true)
     }
 
-    fn eval_and_log(&mut self) -> Result<(EvalReport, Tensor)> {
+    /// Samples and scores the evaluation images and logs the evaluation; returns the report, the
+    /// images and the seconds it took (as logged).
+    fn eval_and_log(&mut self) -> Result<(EvalReport, Tensor, f64)> {
         let t0 = Instant::now();
         let images = self.eval_images(self.cfg.eval_per_class, self.cfg.guidance)?;
         let report = self.evaluate_images(&images)?;
@@ -738,7 +740,7 @@ impl<P: PolicyModel> Trainer<P> {
             seconds: t0.elapsed().as_secs_f64(),
         };
         self.run_dir.append_log(&rec)?;
-        Ok((report, images))
+        Ok((report, images, rec.seconds))
     }
 
     /// Runs epochs until `cfg.epochs`, logging, writing grids, evaluating and checkpointing, then
@@ -779,14 +781,12 @@ impl<P: PolicyModel> Trainer<P> {
         let mut evals = Vec::new();
         let do_eval = writer && self.cfg.eval_every > 0 && self.evaluator.set.is_some();
         let mut eval_now = |me: &mut Self| -> Result<()> {
-            let t = std::time::Instant::now();
-            let (rep, images) = me.eval_and_log()?;
+            let (rep, images, seconds) = me.eval_and_log()?;
             if log_lines {
                 tracing::info!(
-                    "evaluation at epoch {}: {} images sampled and scored in {:.0} s",
+                    "evaluation at epoch {}: {} images sampled and scored in {seconds:.0} s",
                     me.epoch,
                     images.size()[0],
-                    t.elapsed().as_secs_f64()
                 );
             }
             on_eval(me.epoch, &rep, &images)?;
